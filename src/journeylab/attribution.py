@@ -1,0 +1,917 @@
+"""Touchpoint attribution: heuristics, exact Markov removal effects, Shapley, hazard-based.
+
+All models take a **paths table** (ChannelAttribution format), one row per distinct path:
+
+* ``path``: touchpoints in time order joined by ``sep`` (default ``" > "``); blanks around
+  names are stripped, empty tokens dropped.
+* ``conversions``: conversions of journeys with this path (float; fractional counts are kept,
+  never truncated as ChannelAttribution does).
+* ``nulls`` (optional, default 0): journeys with this path that did not convert.
+* ``value`` (optional, default 0): revenue of those conversions.
+
+Every model returns a DataFrame with one row per touchpoint: ``touchpoint, conversions, value,
+share`` (share = conversions / attributed conversions) and, with ``bootstrap=B``, 95% percentile
+intervals ``ci_low, ci_high`` of the attributed conversions. Bootstrap = resampling journeys:
+each row's conversions and nulls are redrawn as Poisson(conversions) and Poisson(nulls)
+(the aggregate of Poisson(1) journey weights; mean and variance preserved for fractional counts
+too), value scales with the redrawn conversions (value per conversion kept).
+
+Markov states (the contract with engine.transitions, see docs/DESIGN.md "Markov states"):
+tokens are split on ``sep`` without collapsing repeated touchpoints; order-k states are the
+sliding windows of k consecutive touchpoints (one shorter state when the path has < k touches),
+named by joining with ``","``; consecutive identical *states* are collapsed; every path row adds
+``(start) -> s1 -> ... -> sm`` with weight conversions + nulls, ``sm -> (conversion)`` with
+weight conversions and ``sm -> (null)`` with weight nulls. ``(conversion)``/``(null)`` absorb.
+Removal of channel c sends every state containing c to ``(null)``:
+RE_c = 1 - P(conv | c removed) / P(conv) = P(visit c | conversion). Attributed conversions
+= RE_c / sum(RE) * total conversions (ChannelAttribution's definition), solved exactly by sparse
+LU on the transient block (I - Q) x = r instead of by simulation. Revenue: a conversion from last
+state s is worth the mean value per conversion of paths ending in s; value removal effects are
+computed on that expected value at absorption.
+
+Shapley (``shapley_attribution``): for each converting coalition S (its set of distinct
+touchpoints) the players are S and the characteristic function is v(T) = max over observed
+subsets U of T of the conversion rate p(U) = conversions(U) / journeys(U), v(empty) = 0.
+Treatment of unseen sets: a set never observed is worth its best observed subset (adding a
+touchpoint is never assumed to hurt). v is monotone, so Shapley values are >= 0; each
+coalition's conversions are split in proportion to its Shapley values (efficient: credits sum
+to conversions). Exact (2^n subsets) up to ``max_exact`` = 15 distinct touchpoints per journey.
+Relation to Zhao et al. (2018), "Shapley value methods for attribution modeling in online
+advertising": their simplified Shapley uses v(T) = sum over U subset of T of conversions(U)
+(counts, not rates), a sum of unanimity games whose Shapley value is equal credit per distinct
+touchpoint of each converting journey, i.e. ``linear_unique``; ``characteristic="zhao"`` gives it.
+
+Hazard (``hazard_attribution``): with the time-varying proportional hazards fit
+h(t) = h0(t) exp(sum_tp beta_tp N_tp(t)), a converting journey with touch counts n_tp has
+excess hazard share 1 - exp(-eta+), eta+ = sum_tp max(beta_tp, 0) n_tp; that share of its
+conversions is credited to touchpoints in proportion to max(beta_tp, 0) n_tp (the rest is
+baseline, reported as unattributed). Touchpoints with beta <= 0 get no credit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.linalg import splu
+
+from .errors import JourneylabError
+
+DEFAULT_SEP = " > "
+START, CONVERSION, NULL = "(start)", "(conversion)", "(null)"
+STATE_JOIN = ","
+HEURISTIC_MODELS = ("first", "last", "last_non_direct", "linear", "linear_unique", "position_based", "time_decay")
+DATA_DRIVEN = ("markov", "shapley", "hazard")
+MAX_EXACT_SHAPLEY = 15
+
+
+class AttributionError(JourneylabError):
+    """Attribution input cannot be used as it is (columns, negative counts, too many touchpoints...)."""
+
+
+# ----------------------------------------------------------------------------- paths parsing
+
+def _prepare(paths: pd.DataFrame, conversions: str = "conversions", nulls: str | None = "nulls",
+             value: str | None = "value") -> pd.DataFrame:
+    """Validate a paths table and return columns path, conversions, nulls, value (float64)."""
+    if not isinstance(paths, pd.DataFrame):
+        raise AttributionError("attribution: paths must be a pandas DataFrame with columns path, conversions "
+                               "[, nulls, value].")
+    if "path" not in paths.columns or conversions not in paths.columns:
+        raise AttributionError(f"attribution: the paths table needs columns 'path' and '{conversions}' "
+                               f"(found {list(paths.columns)}). Rename your columns or pass conversions=...")
+    out = pd.DataFrame({"path": paths["path"].astype("string").fillna("").astype(object)})
+    for name, col in (("conversions", conversions), ("nulls", nulls), ("value", value)):
+        if col is not None and col in paths.columns:
+            vals = pd.to_numeric(paths[col], errors="coerce").to_numpy(dtype=float)
+            bad = ~np.isfinite(vals) | (vals < 0)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise AttributionError(f"attribution: column '{col}' has {int(bad.sum())} missing, non-numeric or "
+                                       f"negative value(s) (first at row {i}: {paths[col].iloc[i]!r}). Counts and "
+                                       f"values must be finite and >= 0; fix or drop those rows.")
+            out[name] = vals
+        else:
+            out[name] = 0.0
+    return out.reset_index(drop=True)
+
+
+@dataclass
+class _Tokens:
+    """Paths as integer codes: tokens[offsets[i]:offsets[i+1]] are path i's touchpoint codes."""
+    codes: np.ndarray          # int64, flat
+    offsets: np.ndarray        # int64, len n_paths + 1
+    names: np.ndarray          # touchpoint name per code
+    conversions: np.ndarray
+    nulls: np.ndarray
+    value: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def path_index(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+
+def _tokenise(paths: pd.DataFrame, sep: str = DEFAULT_SEP, **cols) -> _Tokens:
+    df = _prepare(paths, **cols)
+    if not sep:
+        raise AttributionError("attribution: the path separator is empty; set sep (default ' > ').")
+    split = df["path"].str.split(sep, regex=False)
+    lengths_raw = split.str.len().to_numpy()
+    flat = pd.Series(np.concatenate(split.to_numpy()) if len(split) else np.array([], dtype=object),
+                     dtype=object).str.strip()
+    owner = np.repeat(np.arange(len(df)), lengths_raw)
+    keep = (flat != "").to_numpy()
+    flat, owner = flat[keep], owner[keep]
+    codes, names = pd.factorize(flat, sort=True)
+    lengths = np.bincount(owner, minlength=len(df))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return _Tokens(codes.astype(np.int64), offsets, np.asarray(names, dtype=object),
+                   df["conversions"].to_numpy(), df["nulls"].to_numpy(), df["value"].to_numpy())
+
+
+def _poisson(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    return rng.poisson(x).astype(float)
+
+
+def _ci(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile interval over axis 0 of a (B, n) array."""
+    return np.percentile(draws, 2.5, axis=0), np.percentile(draws, 97.5, axis=0)
+
+
+def _result(names: Sequence[str], conv: np.ndarray, value: np.ndarray, draws: np.ndarray | None = None,
+            **extra) -> pd.DataFrame:
+    conv = np.clip(np.asarray(conv, dtype=float), 0, None)
+    total = conv.sum()
+    df = pd.DataFrame({"touchpoint": list(names), **{k: np.asarray(v) for k, v in extra.items()},
+                       "conversions": conv, "value": np.asarray(value, dtype=float),
+                       "share": conv / total if total > 0 else np.full(len(conv), np.nan)})
+    if draws is not None:
+        lo, hi = _ci(draws)
+        df["ci_low"], df["ci_high"] = lo, hi
+    return df.sort_values("touchpoint", kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- heuristics
+
+def _heuristic_weights(tok: _Tokens, model: str, direct: Iterable[str], position_weights: Sequence[float]) -> np.ndarray:
+    """Credit weight of every token (flat, aligned with tok.codes); each non-empty path's weights sum to 1."""
+    n = tok.lengths
+    pos = np.arange(len(tok.codes)) - np.repeat(tok.offsets[:-1], n)
+    npath = np.repeat(n, n).astype(float)
+    if model == "first":
+        return (pos == 0).astype(float)
+    if model == "last":
+        return (pos == npath - 1).astype(float)
+    if model == "linear":
+        return 1.0 / npath
+    if model == "linear_unique":
+        pidx = tok.path_index
+        key = pidx * (len(tok.names) + 1) + tok.codes
+        _, first_idx = np.unique(key, return_index=True)
+        first = np.zeros(len(key), bool)
+        first[first_idx] = True
+        n_unique = np.bincount(pidx[first], minlength=len(n))
+        return first / np.repeat(np.maximum(n_unique, 1), n)
+    if model == "last_non_direct":
+        direct_codes = np.flatnonzero(np.isin(tok.names, list(direct)))
+        nondirect = ~np.isin(tok.codes, direct_codes)
+        pidx = tok.path_index
+        # last non-direct position per path (-1 if none): max over positions of nondirect tokens
+        last_nd = np.full(len(n), -1)
+        np.maximum.at(last_nd, pidx[nondirect], pos[nondirect])
+        target = np.where(last_nd >= 0, last_nd, n - 1)   # all-direct path: its last (direct) touch
+        return (pos == np.repeat(target, n)).astype(float)
+    if model == "position_based":
+        w_first, w_mid, w_last = (float(x) for x in position_weights)
+        if min(w_first, w_mid, w_last) < 0 or not math.isclose(w_first + w_mid + w_last, 1.0, abs_tol=1e-9):
+            raise AttributionError(f"attribution: position_based weights {list(position_weights)} must be >= 0 "
+                                   f"and sum to 1 (e.g. [0.4, 0.2, 0.4]).")
+        w = np.zeros(len(pos))
+        one, two, many = npath == 1, npath == 2, npath >= 3
+        w[one] = 1.0
+        ends = w_first + w_last
+        w[two & (pos == 0)] = w_first / ends if ends > 0 else 0.5
+        w[two & (pos == 1)] = w_last / ends if ends > 0 else 0.5
+        w[many & (pos == 0)] = w_first
+        w[many & (pos == npath - 1)] = w_last
+        mid = many & (pos > 0) & (pos < npath - 1)
+        w[mid] = w_mid / (npath[mid] - 2)
+        return w
+    if model == "time_decay":
+        raise AttributionError("attribution: time_decay needs touch timestamps, which a paths table does not "
+                               "have. Use the engine's heuristics table (data/journeys/heuristics.parquet, "
+                               "model == 'time_decay') or read_engine_heuristics().")
+    raise AttributionError(f"attribution: unknown heuristic model '{model}'. Choose one of {HEURISTIC_MODELS}.")
+
+
+def heuristic_attribution(paths: pd.DataFrame, model: str = "last", sep: str = DEFAULT_SEP, *,
+                          direct_touchpoints: Iterable[str] = ("direct",),
+                          position_weights: Sequence[float] = (0.4, 0.2, 0.4),
+                          bootstrap: int = 0, seed: int = 0, **cols) -> pd.DataFrame:
+    """Rule-based credit: each path's conversions (and value) split over its touches by ``model``.
+
+    first / last: all to the first / last touch; last_non_direct: last touch not in
+    ``direct_touchpoints`` (a path of only direct touches keeps its last touch); linear:
+    1/n per occurrence (n touches, ChannelAttribution's ``linear_touch``); linear_unique: 1/d per
+    distinct touchpoint; position_based: first/middle/last weights (n = 2: first and last in ratio
+    w_first : w_last; n = 1: all to it). Paths without touches are not attributed.
+    """
+    tok = _tokenise(paths, sep, **cols)
+    w = _heuristic_weights(tok, model, direct_touchpoints, position_weights)
+    pidx = tok.path_index
+    C = len(tok.names)
+    A = sp.csr_matrix((w, (tok.codes, pidx)), shape=(C, len(tok.lengths)))   # touchpoint x path
+    conv = A @ tok.conversions
+    value = A @ tok.value
+    draws = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        W = np.stack([_poisson(rng, tok.conversions) for _ in range(bootstrap)], axis=1)
+        draws = np.asarray((A @ W).T)
+    return _result(tok.names, conv, value, draws)
+
+
+# ----------------------------------------------------------------------------- Markov
+
+@dataclass
+class _Chain:
+    """Order-k state structure of a paths table, reusable across count re-weightings (bootstrap)."""
+    order: int
+    names: np.ndarray               # touchpoint names
+    state_tokens: np.ndarray        # (S, k) touchpoint codes of each state, -1 padded; row 0 = (start)
+    incidence: sp.csr_matrix        # (S*S pairs used) x paths: internal transitions per path (counts)
+    pair_from: np.ndarray
+    pair_to: np.ndarray
+    last_state: np.ndarray          # per path, -1 for empty path -> (start)
+    tok: _Tokens
+
+    @property
+    def n_states(self) -> int:
+        return len(self.state_tokens)
+
+    def state_names(self) -> list[str]:
+        if self.order > 1 and any(STATE_JOIN in str(n) for n in self.names):
+            raise AttributionError(f"attribution: touchpoint names contain '{STATE_JOIN}', which joins the "
+                                   f"touchpoints of an order-{self.order} state; the state names would be "
+                                   f"ambiguous. Rename those touchpoints.")
+        out = [START]
+        for row in self.state_tokens[1:]:
+            out.append(STATE_JOIN.join(str(self.names[c]) for c in row if c >= 0))
+        return out
+
+
+def _build_chain(tok: _Tokens, order: int) -> _Chain:
+    if int(order) != order or order < 1:
+        raise AttributionError(f"attribution: Markov order must be an integer >= 1, got {order!r}.")
+    order = int(order)
+    n = tok.lengths
+    keep_path = (tok.conversions + tok.nulls) > 0
+    C = len(tok.names)
+    base = C + 1
+    if order * math.log2(base) >= 62:
+        raise AttributionError(f"attribution: order {order} with {C} touchpoints is too large to encode "
+                               f"states; use a lower order.")
+    # windows: for path of length L, starts 0..max(L-k,0); window length min(k, L)
+    n_win = np.where(n >= order, n - order + 1, np.minimum(n, 1))
+    n_win = np.where(keep_path, n_win, 0)
+    win_path = np.repeat(np.arange(len(n)), n_win)
+    win_start = (np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)) + tok.offsets[win_path]
+    win_len = np.minimum(order, n[win_path])
+    key = np.zeros(len(win_path), dtype=np.int64)
+    toks = np.full((len(win_path), order), -1, dtype=np.int64)
+    for j in range(order):
+        has = j < win_len
+        cj = np.where(has, tok.codes[np.minimum(win_start + j, len(tok.codes) - 1)] if len(tok.codes) else 0, -1)
+        toks[:, j] = cj
+        key = key * base + (cj + 1)
+    # collapse consecutive identical states within a path
+    same_prev = np.zeros(len(key), bool)
+    if len(key) > 1:
+        same_prev[1:] = (key[1:] == key[:-1]) & (win_path[1:] == win_path[:-1])
+    key, toks, win_path = key[~same_prev], toks[~same_prev], win_path[~same_prev]
+    ukey, first, sid = np.unique(key, return_index=True, return_inverse=True)
+    sid = sid.astype(np.int64) + 1                      # 0 is (start)
+    state_tokens = np.vstack([np.full((1, order), -1, np.int64), toks[first]])
+    S = len(state_tokens)
+    # previous state in path (start for the first window)
+    is_first = np.ones(len(sid), bool)
+    if len(sid) > 1:
+        is_first[1:] = win_path[1:] != win_path[:-1]
+    prev = np.empty_like(sid)
+    prev[0:] = 0
+    if len(sid) > 1:
+        prev[1:] = sid[:-1]
+    prev[is_first] = 0
+    pair = prev * S + sid
+    upair, pinv = np.unique(pair, return_inverse=True)
+    incidence = sp.csr_matrix((np.ones(len(pair)), (pinv, win_path)), shape=(len(upair), len(n)))
+    incidence.sum_duplicates()
+    last_state = np.full(len(n), -1, dtype=np.int64)
+    is_last = np.ones(len(sid), bool)
+    if len(sid) > 1:
+        is_last[:-1] = win_path[:-1] != win_path[1:]
+    last_state[win_path[is_last]] = sid[is_last]
+    last_state[(n == 0) & keep_path] = 0
+    return _Chain(order, tok.names, state_tokens, incidence, upair // S, upair % S, last_state, tok)
+
+
+def _chain_counts(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndarray):
+    """Transition counts for given per-path weights: (internal sparse SxS, to_conv, to_null, value_to_conv)."""
+    S = ch.n_states
+    w = ch.incidence @ (conv + nulls)
+    internal = sp.csr_matrix((w, (ch.pair_from, ch.pair_to)), shape=(S, S))
+    has = ch.last_state >= 0
+    ls = ch.last_state[has]
+    to_conv = np.bincount(ls, conv[has], minlength=S)
+    to_null = np.bincount(ls, nulls[has], minlength=S)
+    val = np.bincount(ls, value[has], minlength=S)
+    return internal, to_conv, to_null, val
+
+
+def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndarray, contains: np.ndarray):
+    """Exact P(conv), E[value] from (start), and the same with each channel removed.
+
+    Returns p_conv, e_value, p_removed (C,), v_removed (C,)."""
+    internal, to_conv, to_null, val = _chain_counts(ch, conv, nulls, value)
+    out = np.asarray(internal.sum(axis=1)).ravel() + to_conv + to_null
+    alive = out > 0
+    alive[0] = True
+    safe = np.where(out > 0, out, 1.0)
+    Q = sp.diags(1.0 / safe) @ internal
+    r = np.column_stack([to_conv / safe, np.where(to_conv > 0, val / safe, 0.0)])
+    A = (sp.identity(ch.n_states, format="csr") - Q).tocsc()
+    C = contains.shape[1]
+
+    def solve(keep: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(keep)
+        sub = A[idx][:, idx].tocsc()
+        x = splu(sub).solve(r[idx])
+        return x[0]          # (start) is idx 0 (always kept)
+
+    base = solve(alive)
+    removed = np.empty((C, 2))
+    for c in range(C):
+        keep = alive & ~contains[:, c]
+        removed[c] = solve(keep) if contains[alive, c].any() else base
+    return base[0], base[1], removed[:, 0], removed[:, 1]
+
+
+def _contains(ch: _Chain) -> np.ndarray:
+    C = len(ch.names)
+    m = np.zeros((ch.n_states, C), bool)
+    for j in range(ch.order):
+        col = ch.state_tokens[:, j]
+        ok = col >= 0
+        m[np.flatnonzero(ok), col[ok]] = True
+    return m
+
+
+@dataclass
+class MarkovResult:
+    """Exact absorbing-chain Markov attribution of one order."""
+    order: int
+    p_conversion: float                 # P(absorb in (conversion) from (start))
+    expected_value: float               # E[value at absorption] from (start)
+    attribution: pd.DataFrame           # touchpoint, removal_effect, removal_effect_value, conversions, value, share[, ci]
+    n_states: int
+    transition_matrix: pd.DataFrame = field(repr=False, default=None)
+
+
+def _markov_credit(p, ev, p_rem, v_rem, total_conv, total_value):
+    re_c = np.clip(1.0 - p_rem / p, 0, 1) if p > 0 else np.zeros_like(p_rem)
+    re_v = np.clip(1.0 - v_rem / ev, 0, 1) if ev > 0 else np.zeros_like(v_rem)
+    conv = re_c / re_c.sum() * total_conv if re_c.sum() > 0 else np.zeros_like(re_c)
+    value = re_v / re_v.sum() * total_value if re_v.sum() > 0 else np.zeros_like(re_v)
+    return re_c, re_v, conv, value
+
+
+def markov_model(paths: pd.DataFrame, order: int = 1, sep: str = DEFAULT_SEP, *, bootstrap: int = 0,
+                 seed: int = 0, transition_matrix: bool = False, **cols) -> MarkovResult:
+    """Exact order-k Markov attribution (semantics in the module docstring); see markov_attribution."""
+    tok = _tokenise(paths, sep, **cols)
+    return _markov_from_tokens(tok, order, bootstrap=bootstrap, seed=seed, with_matrix=transition_matrix)
+
+
+def _markov_from_tokens(tok: _Tokens, order: int, bootstrap: int = 0, seed: int = 0,
+                        with_matrix: bool = False) -> MarkovResult:
+    ch = _build_chain(tok, order)
+    contains = _contains(ch)
+    total_conv, total_value = tok.conversions.sum(), tok.value.sum()
+    p, ev, p_rem, v_rem = _solve_chain(ch, tok.conversions, tok.nulls, tok.value, contains)
+    re_c, re_v, conv, value = _markov_credit(p, ev, p_rem, v_rem, total_conv, total_value)
+    draws = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        vpc = np.divide(tok.value, tok.conversions, out=np.zeros_like(tok.value), where=tok.conversions > 0)
+        draws = np.empty((bootstrap, len(tok.names)))
+        for b in range(bootstrap):
+            cb, nb = _poisson(rng, tok.conversions), _poisson(rng, tok.nulls)
+            vb = cb * vpc
+            pb, evb, prb, vrb = _solve_chain(ch, cb, nb, vb, contains)
+            draws[b] = _markov_credit(pb, evb, prb, vrb, cb.sum(), vb.sum())[2]
+    att = _result(tok.names, conv, value, draws, removal_effect=re_c, removal_effect_value=re_v)
+    tm = _transition_frame(ch, probabilities=True) if with_matrix else None
+    return MarkovResult(order, float(p), float(ev), att, ch.n_states, tm)
+
+
+def markov_attribution(paths: pd.DataFrame, order: int = 1, sep: str = DEFAULT_SEP, *, bootstrap: int = 0,
+                       seed: int = 0, **cols) -> pd.DataFrame:
+    """Removal-effect attribution of an order-``order`` absorbing Markov chain, solved exactly.
+
+    Returns touchpoint, removal_effect (conversions), removal_effect_value, conversions
+    (= RE_c / sum RE * total conversions), value, share[, ci_low, ci_high]; ``.attrs`` holds
+    p_conversion, expected_value, n_states, order.
+    """
+    res = markov_model(paths, order, sep, bootstrap=bootstrap, seed=seed, **cols)
+    df = res.attribution
+    df.attrs.update(p_conversion=res.p_conversion, expected_value=res.expected_value,
+                    n_states=res.n_states, order=res.order)
+    return df
+
+
+def _transition_frame(ch: _Chain, probabilities: bool) -> pd.DataFrame:
+    internal, to_conv, to_null, _ = _chain_counts(ch, ch.tok.conversions, ch.tok.nulls, ch.tok.value)
+    names = np.asarray(ch.state_names() + [CONVERSION, NULL], dtype=object)
+    S = ch.n_states
+    coo = internal.tocoo()
+    f = np.concatenate([coo.row, np.arange(S), np.arange(S)])
+    t = np.concatenate([coo.col, np.full(S, S), np.full(S, S + 1)])
+    c = np.concatenate([coo.data, to_conv, to_null])
+    keep = c > 0
+    df = pd.DataFrame({"state_from": names[f[keep]], "state_to": names[t[keep]], "count": c[keep]})
+    if probabilities:
+        df["probability"] = df["count"] / df.groupby("state_from")["count"].transform("sum")
+    return df.sort_values(["state_from", "state_to"]).reset_index(drop=True)
+
+
+def transition_counts(paths: pd.DataFrame, order: int = 1, sep: str = DEFAULT_SEP, **cols) -> pd.DataFrame:
+    """DataFrame[state_from, state_to, count]: weighted order-k transitions (the engine's ``transitions``)."""
+    ch = _build_chain(_tokenise(paths, sep, **cols), order)
+    return _transition_frame(ch, probabilities=False)
+
+
+def transition_matrix(paths: pd.DataFrame, order: int = 1, sep: str = DEFAULT_SEP, wide: bool = False,
+                      **cols) -> pd.DataFrame:
+    """Transition probabilities with state names: long (state_from, state_to, count, probability) or wide."""
+    ch = _build_chain(_tokenise(paths, sep, **cols), order)
+    df = _transition_frame(ch, probabilities=True)
+    if wide:
+        return df.pivot(index="state_from", columns="state_to", values="probability").fillna(0.0)
+    return df
+
+
+def select_markov_order(paths: pd.DataFrame, orders: Sequence[int] = (1, 2, 3, 4), folds: int = 5,
+                        sep: str = DEFAULT_SEP, seed: int = 0, prior_strength: float = 1.0, **cols) -> pd.DataFrame:
+    """Out-of-sample order choice: held-out log-likelihood of each journey's outcome by fold.
+
+    Journeys are split at random into ``folds`` (multinomial thinning of each row's conversions and
+    nulls). An order-k chain fitted on the other folds predicts a held-out journey's outcome by its
+    last state s: p_s = P(s -> conversion | absorb from s) = conv_s / (conv_s + null_s), shrunk towards
+    the training conversion rate with ``prior_strength`` pseudo-journeys (unseen states get the rate).
+    Criterion: mean held-out Bernoulli log-likelihood per journey (higher is better); ``best`` marks
+    the highest mean. (ChannelAttribution's choose_order ranks the same last-state predictions by
+    penalised in-sample ROC AUC.) Returns order, loglik_per_journey, se (across folds), best.
+    """
+    tok = _tokenise(paths, sep, **cols)
+    rng = np.random.default_rng(seed)
+
+    def thin(x):
+        whole = np.floor(x).astype(np.int64)
+        parts = rng.multinomial(whole, [1.0 / folds] * folds) if len(x) else np.zeros((0, folds))
+        frac = x - whole
+        extra = rng.integers(0, folds, len(x))
+        parts = parts.astype(float)
+        parts[np.arange(len(x)), extra] += frac
+        return parts                           # (n_paths, folds)
+
+    cf, nf = thin(tok.conversions), thin(tok.nulls)
+    rows = []
+    for k in orders:
+        ch = _build_chain(tok, k)
+        S = ch.n_states
+        ll = np.zeros(folds)
+        nj = np.zeros(folds)
+        has = ch.last_state >= 0
+        ls = ch.last_state[has]
+        for f in range(folds):
+            ctr = cf[:, np.arange(folds) != f].sum(axis=1)
+            ntr = nf[:, np.arange(folds) != f].sum(axis=1)
+            c_s = np.bincount(ls, ctr[has], minlength=S)
+            n_s = np.bincount(ls, ntr[has], minlength=S)
+            rate = ctr.sum() / max(ctr.sum() + ntr.sum(), 1e-300)
+            p_s = (c_s + prior_strength * rate) / (c_s + n_s + prior_strength)
+            p_s = np.clip(p_s, 1e-12, 1 - 1e-12)
+            ch_te, nu_te = cf[has, f], nf[has, f]
+            ll[f] = (ch_te * np.log(p_s[ls]) + nu_te * np.log1p(-p_s[ls])).sum()
+            nj[f] = ch_te.sum() + nu_te.sum()
+        per = ll / np.maximum(nj, 1e-300)
+        rows.append({"order": int(k), "loglik_per_journey": float(ll.sum() / max(nj.sum(), 1e-300)),
+                     "se": float(per.std(ddof=1) / math.sqrt(folds)) if folds > 1 else float("nan")})
+    out = pd.DataFrame(rows)
+    out["best"] = out["loglik_per_journey"] == out["loglik_per_journey"].max()
+    return out
+
+
+# ----------------------------------------------------------------------------- Shapley
+
+def shapley_values(v: np.ndarray) -> np.ndarray:
+    """Exact Shapley values of a game on n players given as v[mask] for all 2^n masks (bit i = player i).
+
+    phi_i = sum_{T not containing i} |T|! (n-|T|-1)! / n! * (v(T+i) - v(T)). Works row-wise on a
+    (m, 2^n) array too (m games at once).
+    """
+    v = np.asarray(v, dtype=float)
+    squeeze = v.ndim == 1
+    V = v[None, :] if squeeze else v
+    size = V.shape[1]
+    n = int(round(math.log2(size))) if size > 0 else 0
+    if 2 ** n != size:
+        raise AttributionError(f"attribution: a game needs 2^n values, got {size}.")
+    masks = np.arange(size)
+    pc = np.zeros(size, dtype=np.int64)
+    for i in range(n):
+        pc += (masks >> i) & 1
+    w = np.array([math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n) for k in range(n)]) if n else np.zeros(0)
+    phi = np.empty((V.shape[0], n))
+    for i in range(n):
+        T = masks[((masks >> i) & 1) == 0]
+        phi[:, i] = ((V[:, T | (1 << i)] - V[:, T]) * w[pc[T]]).sum(axis=1)
+    return phi[0] if squeeze else phi
+
+
+def _coalition_table(paths: pd.DataFrame, sep: str, **cols) -> tuple[pd.DataFrame, np.ndarray]:
+    """Coalitions (sets of distinct touchpoints) with journeys, conversions, value from a paths table."""
+    tok = _tokenise(paths, sep, **cols)
+    pidx = tok.path_index
+    C = len(tok.names)
+    if C > 62:
+        raise AttributionError(f"attribution: Shapley supports at most 62 distinct touchpoints overall, found {C}. "
+                               f"Group rare touchpoints (e.g. into 'other').")
+    bits = np.zeros(len(tok.lengths), dtype=np.int64)
+    np.bitwise_or.at(bits, pidx, np.left_shift(np.int64(1), tok.codes))
+    df = pd.DataFrame({"mask": bits, "journeys": tok.conversions + tok.nulls,
+                       "conversions": tok.conversions, "value": tok.value})
+    return df.groupby("mask", as_index=False).sum(), tok.names
+
+
+def coalitions_from_table(coalitions: pd.DataFrame, sep: str = ",") -> tuple[pd.DataFrame, np.ndarray]:
+    """Engine ``coalitions`` table (coalition, journeys, conversions, value) -> bitmask form."""
+    for col in ("coalition", "journeys", "conversions"):
+        if col not in coalitions.columns:
+            raise AttributionError(f"attribution: the coalitions table needs column '{col}' "
+                                   f"(found {list(coalitions.columns)}).")
+    sets = coalitions["coalition"].fillna("").astype(str).str.split(sep)
+    names = sorted({t.strip() for s in sets for t in s if t.strip()})
+    code = {n: i for i, n in enumerate(names)}
+    if len(names) > 62:
+        raise AttributionError(f"attribution: Shapley supports at most 62 distinct touchpoints, found {len(names)}.")
+    masks = np.array([sum(1 << code[t.strip()] for t in set(s) if t.strip()) for s in sets], dtype=np.int64)
+    df = pd.DataFrame({"mask": masks, "journeys": coalitions["journeys"].astype(float),
+                       "conversions": coalitions["conversions"].astype(float),
+                       "value": coalitions["value"].astype(float) if "value" in coalitions else 0.0})
+    return df.groupby("mask", as_index=False).sum(), np.asarray(names, dtype=object)
+
+
+def _shapley_credit(masks: np.ndarray, journeys: np.ndarray, conversions: np.ndarray, value: np.ndarray,
+                    C: int, characteristic: str, max_exact: int, chunk_cells: int = 2 ** 22):
+    """Per-touchpoint conversions and value credited by journey-level Shapley over coalitions."""
+    rate = np.divide(conversions, journeys, out=np.zeros_like(conversions), where=journeys > 0)
+    order = np.argsort(masks)
+    obs_mask, obs_rate, obs_conv = masks[order], rate[order], conversions[order]
+    credit_c, credit_v = np.zeros(C), np.zeros(C)
+    conv_rows = np.flatnonzero((conversions > 0) & (masks != 0))
+    if not len(conv_rows):
+        return credit_c, credit_v
+    popc = np.array([bin(int(m)).count("1") for m in masks[conv_rows]])
+    too_big = popc > max_exact
+    if too_big.any():
+        raise AttributionError(f"attribution: {int(too_big.sum())} converting coalition(s) have more than "
+                               f"{max_exact} distinct touchpoints (max {int(popc.max())}); exact Shapley needs "
+                               f"2^n subsets. Group touchpoints (channel_group) or limit paths "
+                               f"(engine.max_path_length), or raise max_exact (cost doubles per touchpoint).")
+    for n in np.unique(popc):
+        rows = conv_rows[popc == n]
+        size = 1 << n
+        step = max(1, chunk_cells // size)
+        for s in range(0, len(rows), step):
+            r = rows[s:s + step]
+            m = masks[r]
+            # global bit of each local player: positions of set bits, ascending
+            players = np.zeros((len(r), n), dtype=np.int64)
+            rem = m.copy()
+            for j in range(n):
+                low = rem & -rem
+                players[:, j] = np.log2(low).astype(np.int64)
+                rem = rem ^ low
+            local = np.arange(size)
+            sel = ((local[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int64)   # (size, n)
+            glob = (sel[None, :, :] * np.left_shift(np.int64(1), players)[:, None, :]).sum(axis=2)  # (m, size)
+            pos = np.searchsorted(obs_mask, glob)
+            pos = np.minimum(pos, len(obs_mask) - 1)
+            found = obs_mask[pos] == glob
+            if characteristic == "zhao":
+                V = np.where(found, obs_conv[pos], 0.0)
+                for i in range(n):       # v(T) = sum of conversions over observed subsets of T (zeta transform)
+                    b = 1 << i
+                    idx = local[(local & b) != 0]
+                    V[:, idx] += V[:, idx ^ b]
+            else:
+                V = np.where(found, obs_rate[pos], 0.0)
+                V[:, 0] = 0.0
+                if characteristic == "rate":
+                    for i in range(n):   # monotone closure: best observed subset
+                        b = 1 << i
+                        idx = local[(local & b) != 0]
+                        V[:, idx] = np.maximum(V[:, idx], V[:, idx ^ b])
+                elif characteristic != "rate_zero":
+                    raise AttributionError(f"attribution: unknown Shapley characteristic '{characteristic}' "
+                                           f"(rate | rate_zero | zhao).")
+            phi = shapley_values(V)
+            phi = np.clip(phi, 0, None)           # rate_zero can give negative marginals; never negative credit
+            tot = phi.sum(axis=1, keepdims=True)
+            frac = np.where(tot > 0, phi / np.where(tot > 0, tot, 1), 1.0 / n)
+            np.add.at(credit_c, players, frac * conversions[r][:, None])
+            np.add.at(credit_v, players, frac * value[r][:, None])
+    return credit_c, credit_v
+
+
+def shapley_attribution(paths: pd.DataFrame | None = None, sep: str = DEFAULT_SEP, *,
+                        coalitions: pd.DataFrame | None = None, characteristic: str = "rate",
+                        max_exact: int = MAX_EXACT_SHAPLEY, bootstrap: int = 0, seed: int = 0, **cols) -> pd.DataFrame:
+    """Journey-level Shapley attribution (definition in the module docstring).
+
+    Give a paths table, or the engine's ``coalitions`` table (coalition, journeys, conversions,
+    value). ``characteristic``: ``rate`` (default; unseen sets = best observed subset), ``rate_zero``
+    (unseen sets worth 0; negative marginal credit clipped to 0), ``zhao`` (Zhao et al. 2018
+    simplified Shapley = linear_unique). Credits of a coalition sum to its conversions.
+    Conversions of journeys with no touchpoint are not attributed (``.attrs['unattributed']``).
+    """
+    if coalitions is not None:
+        tab, names = coalitions_from_table(coalitions)
+    elif paths is not None:
+        tab, names = _coalition_table(paths, sep, **cols)
+    else:
+        raise AttributionError("attribution: shapley_attribution needs a paths table or a coalitions table.")
+    m, j, c, v = (tab[k].to_numpy() for k in ("mask", "journeys", "conversions", "value"))
+    j = np.maximum(j, c)      # no-nulls input: every journey converted
+    C = len(names)
+    credit_c, credit_v = _shapley_credit(m, j, c, v, C, characteristic, max_exact)
+    draws = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        nulls = j - c
+        vpc = np.divide(v, c, out=np.zeros_like(v), where=c > 0)
+        draws = np.empty((bootstrap, C))
+        for b in range(bootstrap):
+            cb, nb = _poisson(rng, c), _poisson(rng, nulls)
+            draws[b] = _shapley_credit(m, cb + nb, cb, cb * vpc, C, characteristic, max_exact)[0]
+    out = _result(names, credit_c, credit_v, draws)
+    out.attrs["unattributed"] = float(c[m == 0].sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- hazard-based
+
+def safe_name(touchpoint: str) -> str:
+    """Column suffix of a touchpoint in engine tables: lowercase, [a-z0-9_] (n_<tp>)."""
+    return re.sub(r"[^a-z0-9_]", "_", str(touchpoint).lower())
+
+
+def hazard_attribution(journeys: pd.DataFrame, hazard_ratios: pd.DataFrame, *, baseline: str = "exclude",
+                       bootstrap: int = 0, seed: int = 0, value_column: str = "revenue") -> pd.DataFrame:
+    """Credit from a time-varying proportional hazards fit (module docstring).
+
+    ``journeys``: engine journeys table (converted, n_<tp> columns, revenue); ``hazard_ratios``:
+    touchpoint, log_hr[, se]. With baseline='exclude' a journey's credited conversions are
+    1 - exp(-eta+) (its excess-hazard share); 'include' credits the whole conversion. Bootstrap:
+    Poisson journey weights and log_hr ~ Normal(log_hr, se) per replicate.
+    """
+    if not {"touchpoint", "log_hr"} <= set(hazard_ratios.columns):
+        raise AttributionError("attribution: hazard_ratios needs columns touchpoint, log_hr[, se] "
+                               "(data/results/survival/hazard_ratios.csv from `journeylab survival`).")
+    if "converted" not in journeys.columns:
+        raise AttributionError("attribution: the journeys table needs a 'converted' column (engine journeys).")
+    hr = hazard_ratios.drop_duplicates("touchpoint")
+    hr = hr[[f"n_{safe_name(t)}" in journeys.columns for t in hr["touchpoint"]]]
+    if hr.empty:
+        raise AttributionError("attribution: no touchpoint of hazard_ratios has an n_<touchpoint> column in the "
+                               "journeys table; check that both come from the same engine run.")
+    conv = journeys["converted"].astype(float).to_numpy()
+    keep = conv > 0
+    N = journeys.loc[keep, [f"n_{safe_name(t)}" for t in hr["touchpoint"]]].fillna(0).to_numpy(float)
+    val = journeys.loc[keep, value_column].fillna(0).to_numpy(float) if value_column in journeys else np.zeros(keep.sum())
+    beta = hr["log_hr"].to_numpy(float)
+    se = hr["se"].fillna(0).to_numpy(float) if "se" in hr else np.zeros(len(beta))
+
+    def credit(b, w):
+        contrib = N * np.clip(b, 0, None)[None, :]
+        eta = contrib.sum(axis=1)
+        share = (1 - np.exp(-eta)) if baseline == "exclude" else (eta > 0).astype(float)
+        frac = np.divide(contrib, eta[:, None], out=np.zeros_like(contrib), where=eta[:, None] > 0)
+        return (frac * (w * share)[:, None]).sum(axis=0), (frac * (w * share * val)[:, None]).sum(axis=0)
+
+    if baseline not in ("exclude", "include"):
+        raise AttributionError(f"attribution: hazard baseline must be 'exclude' or 'include', got {baseline!r}.")
+    w0 = np.ones(len(N))
+    c, v = credit(beta, w0)
+    draws = None
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        draws = np.stack([credit(rng.normal(beta, se), _poisson(rng, w0))[0] for _ in range(bootstrap)])
+    out = _result(hr["touchpoint"].to_numpy(), c, v, draws, log_hr=beta)
+    out.attrs["unattributed"] = float(len(N) - c.sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- costs, truth
+
+def add_costs(attribution: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    """Join cost per touchpoint: cost, cost_per_conversion = cost / conversions, roas = value / cost."""
+    if not {"touchpoint", "cost"} <= set(costs.columns):
+        raise AttributionError("attribution: the costs table needs columns touchpoint, cost.")
+    out = attribution.merge(costs[["touchpoint", "cost"]].groupby("touchpoint", as_index=False).sum(),
+                            on="touchpoint", how="left")
+    out["cost_per_conversion"] = np.where(out["conversions"] > 0, out["cost"] / out["conversions"].where(out["conversions"] > 0), np.nan)
+    out["roas"] = np.where(out["cost"] > 0, out["value"] / out["cost"].where(out["cost"] > 0), np.nan)
+    return out
+
+
+def l1_to_truth(shares: pd.Series | dict, truth_share: dict) -> float:
+    """L1 distance sum_tp |share_tp - truth_tp| over the union of touchpoints (missing = 0)."""
+    s = dict(shares)
+    keys = set(s) | set(truth_share)
+    return float(sum(abs(float(s.get(k, 0.0) or 0.0) - float(truth_share.get(k, 0.0) or 0.0)) for k in keys))
+
+
+# ----------------------------------------------------------------------------- stage
+
+def _params(params: dict) -> dict:
+    a = dict(params.get("attribution") or {})
+    e = params.get("engine") or {}
+    a.setdefault("output", "data/results/attribution.csv")
+    a.setdefault("metrics", "metrics/attribution.json")
+    a.setdefault("journey_type", "all")
+    a.setdefault("models", list(HEURISTIC_MODELS) + list(DATA_DRIVEN))
+    a.setdefault("markov_orders", [1, 2, 3])
+    a.setdefault("bootstrap_replicates", 200)
+    a.setdefault("seed", 11)
+    a.setdefault("costs", None)
+    a.setdefault("journeys_dir", e.get("output_dir", "data/journeys"))
+    a.setdefault("hazard_ratios", "data/results/survival/hazard_ratios.csv")
+    a.setdefault("truth", (params.get("simulate") or {}).get("truth", "data/raw/truth.json"))
+    a.setdefault("direct_touchpoints", e.get("direct_touchpoints", ["direct"]))
+    a.setdefault("position_based_weights", e.get("position_based_weights", [0.4, 0.2, 0.4]))
+    a.setdefault("shapley_max_exact", MAX_EXACT_SHAPLEY)
+    return a
+
+
+def _filter_type(df: pd.DataFrame, journey_type: str) -> pd.DataFrame:
+    if journey_type in (None, "all") or "journey_type" not in df.columns:
+        return df
+    return df[df["journey_type"] == journey_type]
+
+
+def attribute_all(paths: pd.DataFrame, a: dict, *, heuristics: pd.DataFrame | None = None,
+                  journeys: pd.DataFrame | None = None, hazard_ratios: pd.DataFrame | None = None,
+                  bootstrap: int = 0, notes: dict | None = None) -> pd.DataFrame:
+    """Every configured model on one paths table -> long DataFrame with a ``model`` column."""
+    notes = notes if notes is not None else {}
+    seed = int(a["seed"])
+    frames = []
+    tok = None
+    for model in a["models"]:
+        if model == "time_decay":
+            if heuristics is None or heuristics.empty:
+                notes["time_decay"] = "no engine heuristics table: time_decay needs touch timestamps"
+                continue
+            h = heuristics[heuristics["model"] == "time_decay"].groupby("touchpoint", as_index=False)[["conversions", "value"]].sum()
+            df = _result(h["touchpoint"], h["conversions"].to_numpy(), h["value"].to_numpy())
+            df["ci_low"] = df["ci_high"] = np.nan
+            notes["time_decay_ci"] = "no bootstrap: time_decay comes from the engine's event-level sums"
+            frames.append(df.assign(model="time_decay"))
+        elif model in HEURISTIC_MODELS:
+            df = heuristic_attribution(paths, model, direct_touchpoints=a["direct_touchpoints"],
+                                       position_weights=a["position_based_weights"], bootstrap=bootstrap, seed=seed)
+            frames.append(df.assign(model=model))
+        elif model == "markov":
+            tok = tok or _tokenise(paths, DEFAULT_SEP)
+            for k in a["markov_orders"]:
+                res = _markov_from_tokens(tok, int(k), bootstrap=bootstrap, seed=seed)
+                frames.append(res.attribution.assign(model=f"markov_{int(k)}"))
+        elif model == "shapley":
+            try:
+                df = shapley_attribution(paths, bootstrap=bootstrap, seed=seed, max_exact=int(a["shapley_max_exact"]))
+                frames.append(df.assign(model="shapley"))
+            except AttributionError as exc:
+                notes["shapley"] = str(exc)
+        elif model == "hazard":
+            if journeys is None or hazard_ratios is None:
+                notes["hazard"] = "no hazard_ratios.csv from the survival stage (or no journeys table)"
+                continue
+            df = hazard_attribution(journeys, hazard_ratios, bootstrap=bootstrap, seed=seed)
+            frames.append(df.drop(columns=["log_hr"]).assign(model="hazard"))
+        else:
+            raise AttributionError(f"params.yaml attribution.models: unknown model '{model}'. Choose from "
+                                   f"{list(HEURISTIC_MODELS) + list(DATA_DRIVEN)}.")
+    if not frames:
+        return pd.DataFrame(columns=["model", "touchpoint", "conversions", "value", "share", "ci_low", "ci_high"])
+    out = pd.concat(frames, ignore_index=True)
+    cols = ["model", "touchpoint", "conversions", "value", "share", "ci_low", "ci_high"]
+    extra = [c for c in out.columns if c not in cols]
+    return out[cols + extra]
+
+
+def run_stage(params: dict) -> dict:
+    """DVC stage ``attribute``: every model -> data/results/attribution.csv, metrics/attribution.json."""
+    from .config import path as ppath
+    a = _params(params)
+    jdir = ppath(params, a["journeys_dir"])
+    paths_file = jdir / "paths.parquet"
+    if not paths_file.exists():
+        raise AttributionError(f"{paths_file}: not found. Run `journeylab build` first (it writes the paths table).")
+    paths_all = pd.read_parquet(paths_file)
+    heur_file, jour_file = jdir / "heuristics.parquet", jdir / "journeys.parquet"
+    heur_all = pd.read_parquet(heur_file) if heur_file.exists() else None
+    jour_all = pd.read_parquet(jour_file) if jour_file.exists() else None
+    hz_file = ppath(params, a["hazard_ratios"])
+    hazard_ratios = pd.read_csv(hz_file) if hz_file.exists() else None
+    notes: dict = {}
+    jt = a["journey_type"]
+
+    def sel(df, t):
+        return None if df is None else _filter_type(df, t)
+
+    B = int(a["bootstrap_replicates"])
+    result = attribute_all(_filter_type(paths_all, jt), a, heuristics=sel(heur_all, jt), journeys=sel(jour_all, jt),
+                           hazard_ratios=hazard_ratios, bootstrap=B, notes=notes)
+    if a.get("costs"):
+        cfile = ppath(params, a["costs"])
+        if not cfile.exists():
+            raise AttributionError(f"{cfile}: costs file named in params.yaml attribution.costs not found "
+                                   f"(CSV with columns touchpoint, cost), or set attribution.costs: null.")
+        result = add_costs(result, pd.read_csv(cfile))
+    out_file = ppath(params, a["output"])
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    result.to_csv(out_file, index=False)
+
+    metrics: dict = {"journey_type": jt, "bootstrap_replicates": B,
+                     "total_conversions": float(_filter_type(paths_all, jt)["conversions"].sum()),
+                     "models": sorted(result["model"].unique().tolist())}
+    # Markov order selection (honest held-out criterion)
+    try:
+        sel_tab = select_markov_order(_filter_type(paths_all, jt), orders=a["markov_orders"], seed=int(a["seed"]))
+        metrics["markov_order_selection"] = sel_tab.to_dict(orient="records")
+    except AttributionError as exc:
+        metrics["markov_order_selection"] = None
+        metrics["markov_order_selection_note"] = str(exc)
+    # engine heuristics consistency (same definitions computed twice)
+    if heur_all is not None:
+        h = _filter_type(heur_all, jt).groupby(["model", "touchpoint"])["conversions"].sum()
+        ours = result.set_index(["model", "touchpoint"])["conversions"]
+        common = h.index.intersection(ours.index)
+        common = [i for i in common if i[0] != "time_decay"]
+        metrics["engine_heuristics_max_abs_diff"] = float((h[common] - ours[common]).abs().max()) if common else None
+    # ground truth on acquisition journeys
+    truth_file = ppath(params, a["truth"])
+    gt = None
+    if truth_file.exists():
+        truth = json.loads(truth_file.read_text())
+        tshare = truth.get("incremental_share") or {}
+        acq = attribute_all(_filter_type(paths_all, "acquisition"), a, heuristics=sel(heur_all, "acquisition"),
+                            journeys=sel(jour_all, "acquisition"), hazard_ratios=hazard_ratios, bootstrap=0, notes={})
+        gt = ground_truth_table(acq, tshare)
+    metrics["ground_truth"] = gt
+    if gt is None:
+        metrics["ground_truth_note"] = f"{truth_file} not found (not simulated data): no ground truth."
+    metrics["notes"] = notes
+    mfile = ppath(params, a["metrics"])
+    mfile.parent.mkdir(parents=True, exist_ok=True)
+    mfile.write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+def ground_truth_table(result: pd.DataFrame, truth_share: dict) -> dict:
+    """Each model's shares vs true incremental shares: L1 per model, best data-driven vs last touch."""
+    rows = []
+    for model, g in result.groupby("model"):
+        shares = dict(zip(g["touchpoint"], g["share"].fillna(0.0)))
+        rows.append({"model": model, "l1": l1_to_truth(shares, truth_share),
+                     "shares": {k: float(v) for k, v in shares.items()}})
+    by = {r["model"]: r["l1"] for r in rows}
+    dd = {m: v for m, v in by.items() if m.split("_")[0] in DATA_DRIVEN}
+    best = min(dd, key=dd.get) if dd else None
+    return {"truth_share": {k: float(v) for k, v in truth_share.items()}, "models": rows,
+            "best_data_driven": best, "best_data_driven_l1": dd.get(best) if best else None,
+            "last_touch_l1": by.get("last"),
+            "best_beats_last_touch": (bool(dd[best] < by["last"]) if best and "last" in by else None)}
