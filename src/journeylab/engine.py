@@ -54,7 +54,6 @@ def connect(params: dict) -> ibis.BaseBackend:
             kwargs["threads"] = int(b["threads"])
         con = ibis.duckdb.connect(db, **kwargs)
         con.raw_sql("SET TimeZone = 'UTC'")
-        con.raw_sql("SET preserve_insertion_order = false")
         return con
     if name == "spark":
         try:
@@ -97,3 +96,680 @@ def load_events(con, path: str | os.PathLike) -> ibis.Table:
                          f"clean-event schema ({', '.join(CANONICAL_COLUMNS)}). Produce the file with "
                          f"`journeylab ingest`.")
     return t
+
+
+# --------------------------------------------------------------------------- options
+def options_from_params(params: dict) -> dict:
+    """Keyword options of the table functions from params.yaml (`engine`, `window`, `churn`)."""
+    e = params.get("engine") or {}
+    w = params.get("window") or {}
+    c = params.get("churn") or {}
+    cutoffs = [*(c.get("train_cutoffs") or []), c.get("eval_cutoff"), c.get("score_cutoff")]
+    return {
+        "lookback_days": float(e.get("lookback_days", 90)),
+        "path_phases": list(e.get("path_phases") or ["pre_purchase", "purchase"]),
+        "collapse_repeats": bool(e.get("collapse_repeats", False)),
+        "max_path_length": e.get("max_path_length"),
+        "markov_max_order": int(e.get("markov_max_order", 3)),
+        "direct_touchpoints": list(e.get("direct_touchpoints") or ["direct"]),
+        "position_based_weights": list(e.get("position_based_weights") or [0.4, 0.2, 0.4]),
+        "time_decay_half_life_days": float(e.get("time_decay_half_life_days", 7)),
+        "study_start": str(e.get("study_start") or w.get("start")),
+        "lost_inactivity_days": float(e.get("lost_inactivity_days", 60)),
+        "feature_windows_days": [int(x) for x in (e.get("feature_windows_days") or [7, 30, 90])],
+        "stages": list(e.get("stages") or DEFAULT_STAGES),
+        "window_end": str(w.get("end")),
+        "cutoffs": sorted({str(x) for x in cutoffs if x}),
+        "horizon_days": float(c.get("horizon_days", 90)),
+        "inactivity_days": float(c.get("inactivity_days", 90)),
+    }
+
+
+def _ts(value: str):
+    """UTC timestamp literal from 'YYYY-MM-DD[ HH:MM:SS]'."""
+    return ibis.timestamp(str(value), timezone="UTC")
+
+
+def _epoch(value: str) -> float:
+    import pandas as pd
+    return pd.Timestamp(str(value), tz="UTC").value / 1e9
+
+
+def _secs(ts):
+    """Seconds since 1970 as float64 (millisecond precision) from a timestamp column."""
+    return ts.epoch_seconds().cast("float64") + ts.millisecond().cast("float64") / 1000.0
+
+
+def attribute_columns(events: ibis.Table) -> list[str]:
+    """Customer attributes: string columns of the clean events beyond the canonical ones."""
+    internal = {"t", "journey_index", "is_conv"}
+    return [c for c, typ in events.schema().items()
+            if c not in CANONICAL_COLUMNS and c not in internal and typ.is_string()]
+
+
+def discover_touchpoints(events: ibis.Table, phases: Sequence[str] | None = None) -> list[str]:
+    """Sorted distinct touchpoints of `touch` events (optionally only the given phases)."""
+    t = events.filter(events.kind == "touch")
+    if phases is not None:
+        t = t.filter(t.phase.isin(list(phases)))
+    tps = sorted(str(x) for x in t.select("touchpoint").distinct().to_pyarrow().column(0).to_pylist()
+                 if x is not None)
+    safe = [safe_name(x) for x in tps]
+    if len(set(safe)) != len(safe):
+        dup = sorted({s for s in safe if safe.count(s) > 1})
+        raise InputError(f"clean events: touchpoints {dup} differ only in case/punctuation, so their "
+                         f"per-touchpoint columns would collide. Map them to one name in the ingest taxonomy.")
+    return tps
+
+
+# --------------------------------------------------------------------------- base tables
+def journey_events(events: ibis.Table) -> ibis.Table:
+    """Events + ``t`` (epoch seconds, float) + ``journey_index``.
+
+    journey_index = 1 + number of conversions strictly earlier than the event (ties: a
+    touch at the same time as a conversion belongs to that conversion's journey); the k-th
+    conversion (by ts, event_id) has journey_index k."""
+    if "journey_index" in events.columns:
+        return events
+    is_conv = (events.kind == "conversion").cast("int64")
+    e = events.mutate(t=_secs(events.ts), is_conv=is_conv)
+    w = ibis.cumulative_window(group_by=e.customer_id, order_by=[e.ts, e.is_conv, e.event_id])
+    return e.mutate(journey_index=(e.is_conv.sum().over(w) + 1 - e.is_conv).cast("int64"))
+
+
+def _jtype(idx):
+    return ibis.ifelse(idx == 1, "acquisition", "repeat")
+
+
+def conversions_by_journey(events: ibis.Table) -> ibis.Table:
+    """One row per conversion: customer_id, journey_index, conversion_ts, conv_t, revenue."""
+    e = journey_events(events)
+    c = e.filter(e.kind == "conversion")
+    return c.select("customer_id", "journey_index", conversion_ts=c.ts, conv_t=c.t,
+                    revenue=c.value.cast("float64"))
+
+
+def journey_touches(events: ibis.Table, /, *, lookback_days: float = 90,
+                    path_phases: Sequence[str] = ("pre_purchase", "purchase"), **_: Any) -> ibis.Table:
+    """Path touches of every journey in time order (the base of every journey table).
+
+    Columns: customer_id, journey_index, ts, t, event_id, touchpoint, pos (0-based, by
+    ts then event_id), n (touches in the journey), converted, conv_t, conversion_ts, revenue.
+    Kept: kind 'touch', phase in path_phases, t >= anchor - lookback_days, anchor = the
+    conversion time (converted) or the journey's last path touch (not converted)."""
+    e = journey_events(events)
+    tch = e.filter((e.kind == "touch") & e.phase.isin(list(path_phases)))
+    tch = tch.select("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint")
+    conv = conversions_by_journey(e)
+    j = tch.left_join(conv, ["customer_id", "journey_index"]).select(
+        tch, conv.conv_t, conv.conversion_ts, conv.revenue)
+    wj = ibis.window(group_by=[j.customer_id, j.journey_index])
+    anchor = ibis.coalesce(j.conv_t, j.t.max().over(wj))
+    j = j.mutate(converted=j.conv_t.notnull(), _anchor=anchor)
+    j = j.filter(j.t >= j._anchor - float(lookback_days) * SECONDS_PER_DAY).drop("_anchor")
+    return _number(j)
+
+
+def _number(j: ibis.Table) -> ibis.Table:
+    """(Re)compute pos (0-based rank by ts, event_id) and n within each journey."""
+    wo = ibis.window(group_by=[j.customer_id, j.journey_index], order_by=[j.ts, j.event_id])
+    wj = ibis.window(group_by=[j.customer_id, j.journey_index])
+    return j.mutate(pos=ibis.row_number().over(wo).cast("int64"), n=j.event_id.count().over(wj).cast("int64"))
+
+
+def path_touches(touches: ibis.Table, /, *, collapse_repeats: bool = False,
+                 max_path_length: int | None = None, **_: Any) -> ibis.Table:
+    """Apply the path options to journey_touches: collapse consecutive repeats of a
+    touchpoint, then keep only the last ``max_path_length`` touches; pos/n renumbered."""
+    t = touches
+    if collapse_repeats:
+        wo = ibis.window(group_by=[t.customer_id, t.journey_index], order_by=t.pos)
+        prev = t.touchpoint.lag().over(wo)
+        t = _number(t.filter(prev.isnull() | (prev != t.touchpoint)))
+    if max_path_length:
+        t = _number(t.filter(t.pos >= t.n - int(max_path_length)))
+    return t
+
+
+def journey_list(events: ibis.Table, touches: ibis.Table) -> ibis.Table:
+    """Every journey: those with path touches plus conversions without any (empty paths).
+
+    Columns: customer_id, journey_index, journey_type, converted, conversion_ts, conv_t, revenue."""
+    conv = conversions_by_journey(events)
+    keys = touches.select("customer_id", "journey_index").distinct().union(
+        conv.select("customer_id", "journey_index"), distinct=True)
+    j = keys.left_join(conv, ["customer_id", "journey_index"]).select(
+        keys.customer_id, keys.journey_index, conv.conversion_ts, conv.conv_t, conv.revenue)
+    return j.mutate(journey_type=_jtype(j.journey_index), converted=j.conv_t.notnull())
+
+
+def customer_attributes(events: ibis.Table, attrs: Sequence[str] | None = None) -> ibis.Table:
+    """Per customer, the first non-null value (by ts, event_id) of each attribute column
+    plus ``<attr>__t`` (its epoch seconds, used to keep features leak-free)."""
+    e = journey_events(events)
+    attrs = attribute_columns(events) if attrs is None else list(attrs)
+    out = e.select("customer_id").distinct()
+    for a in attrs:
+        f = e.filter(e[a].notnull())
+        w = ibis.window(group_by=f.customer_id, order_by=[f.ts, f.event_id])
+        f = f.mutate(_rn=ibis.row_number().over(w))
+        f = f.filter(f._rn == 0).select("customer_id", a, **{f"{a}__t": f.t})
+        out = out.left_join(f, "customer_id").select(out, f[a], f[f"{a}__t"])
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+def _base(events: ibis.Table, opts: dict) -> tuple[ibis.Table, ibis.Table]:
+    """(journey events, journey touches); reuse ``opts['touches']`` when given (build_all)."""
+    e = journey_events(events)
+    touches = opts.get("touches")
+    if touches is None:
+        touches = journey_touches(e, **opts)
+    return e, touches
+
+
+def _tps(touches: ibis.Table, opts: dict) -> list[str]:
+    tps = opts.get("touchpoints")
+    if tps is None:
+        tps = sorted(str(x) for x in touches.select("touchpoint").distinct().to_pyarrow().column(0).to_pylist())
+    return list(tps)
+
+
+def _days(a, b):
+    """(a - b) in days for epoch-second columns."""
+    return (a - b) / SECONDS_PER_DAY
+
+
+def journeys(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """One row per journey (docs/DESIGN.md Engine tables 1).
+
+    start_ts = first path touch (conversion time for a conversion without touches);
+    end_ts = conversion_ts when converted, else the last path touch; duration_days = end - start;
+    n_<tp> = path touches of tp in the journey (after the lookback limit)."""
+    e, touches = _base(events, opts)
+    tps = _tps(touches, opts)
+    agg = touches.group_by(["customer_id", "journey_index"]).aggregate(
+        _start_ts=touches.ts.min(), _start_t=touches.t.min(), _last_ts=touches.ts.max(), _last_t=touches.t.max(),
+        first_touchpoint=touches.touchpoint.max(where=touches.pos == 0),
+        last_touchpoint=touches.touchpoint.max(where=touches.pos == touches.n - 1),
+        n_touches=touches.event_id.count().cast("int64"),
+        **{f"n_{safe_name(tp)}": (touches.touchpoint == tp).cast("int64").sum().cast("int64") for tp in tps})
+    jl = journey_list(e, touches)
+    j = jl.left_join(agg, ["customer_id", "journey_index"]).select(jl, *[agg[c] for c in agg.columns[2:]])
+    start_ts = ibis.coalesce(j._start_ts, j.conversion_ts)
+    start_t = ibis.coalesce(j._start_t, j.conv_t)
+    end_ts = ibis.ifelse(j.converted, j.conversion_ts, j._last_ts)
+    end_t = ibis.ifelse(j.converted, j.conv_t, j._last_t)
+    counts = {c: ibis.coalesce(j[c], 0) for c in ["n_touches", *[f"n_{safe_name(tp)}" for tp in tps]]}
+    out = j.select("customer_id", "journey_index", "journey_type", start_ts=start_ts, end_ts=end_ts,
+                   first_touchpoint=j.first_touchpoint, last_touchpoint=j.last_touchpoint, **counts,
+                   converted=j.converted, conversion_ts=j.conversion_ts,
+                   revenue=ibis.ifelse(j.converted, ibis.coalesce(j.revenue, 0.0), 0.0),
+                   duration_days=_days(end_t, start_t), _start_t=start_t, _end_t=end_t)
+    attrs = opts.get("attrs")
+    if attrs is None:
+        attrs = attribute_columns(events)
+    if attrs:
+        ca = opts.get("customer_attrs")
+        ca = customer_attributes(e, attrs) if ca is None else ca
+        out = out.left_join(ca, "customer_id").select(out, *[ca[a] for a in attrs])
+    if not opts.get("_keep_t"):
+        out = out.drop("_start_t", "_end_t")
+    return out
+
+
+def _paths_per_journey(events: ibis.Table, opts: dict) -> tuple[ibis.Table, ibis.Table]:
+    """(path touches after options, per-journey path string joined with jl)."""
+    e, touches = _base(events, opts)
+    pt = path_touches(touches, **opts)
+    per = pt.group_by(["customer_id", "journey_index"]).aggregate(
+        _arr=ibis.struct({"pos": pt.pos, "tp": pt.touchpoint}).collect())
+    per = per.select("customer_id", "journey_index",
+                     path=per._arr.sort().map(lambda s: s.tp).join(PATH_SEP))
+    jl = journey_list(e, touches)
+    j = jl.left_join(per, ["customer_id", "journey_index"]).select(jl, path=ibis.coalesce(per.path, ""))
+    return pt, j
+
+
+def paths(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """ChannelAttribution / mta path table: journey_type, path (" > " joined, time order),
+    conversions, nulls, value (float). A conversion without path touches has path ""."""
+    _, j = _paths_per_journey(events, opts)
+    conv = j.converted.cast("float64")
+    return j.group_by(["journey_type", "path"]).aggregate(
+        conversions=conv.sum(), nulls=(1.0 - conv).sum(),
+        value=ibis.ifelse(j.converted, ibis.coalesce(j.revenue, 0.0), 0.0).sum())
+
+
+def transitions(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """Markov transition counts per journey_type and order k = 1..markov_max_order, with
+    the state semantics of docs/DESIGN.md 'Markov states' (k-gram sliding windows of the
+    path, shorter paths = one state, consecutive identical states collapsed, (start),
+    (conversion), (null)). Columns: journey_type, order, state_from, state_to, count (float)."""
+    e, touches = _base(events, opts)
+    pt = path_touches(touches, **opts)
+    jl = journey_list(e, touches)
+    flags = jl.select("customer_id", "journey_index", "journey_type", "converted")
+    pt = pt.select("customer_id", "journey_index", "pos", "n", "touchpoint").join(
+        flags, ["customer_id", "journey_index"])
+    parts = []
+    for k in range(1, int(opts.get("markov_max_order", 3)) + 1):
+        wo = ibis.window(group_by=[pt.customer_id, pt.journey_index], order_by=pt.pos)
+        state = pt.touchpoint
+        for j in range(1, k):
+            lag = pt.touchpoint.lag(j).over(wo)
+            state = ibis.ifelse(lag.isnull(), "", lag + STATE_SEP) + state
+        s = pt.mutate(state=state)
+        s = s.filter((s.pos >= k - 1) | ((s.n < k) & (s.pos == s.n - 1)))
+        ws = ibis.window(group_by=[s.customer_id, s.journey_index], order_by=s.pos)
+        s = s.mutate(_prev=s.state.lag().over(ws))
+        s = s.filter(s._prev.isnull() | (s._prev != s.state))
+        ws2 = ibis.window(group_by=[s.customer_id, s.journey_index], order_by=s.pos)
+        s = s.mutate(_from=ibis.coalesce(s.state.lag().over(ws2), START))
+        inner = s.select("journey_type", state_from=s._from, state_to=s.state)
+        last = s.filter(s.pos == s.n - 1)
+        term = last.select("journey_type", state_from=last.state,
+                           state_to=ibis.ifelse(last.converted, CONVERSION, NULL))
+        empty = jl.anti_join(pt, ["customer_id", "journey_index"])  # journeys without path touches
+        emp = empty.select("journey_type", state_from=ibis.literal(START),
+                           state_to=ibis.ifelse(empty.converted, CONVERSION, NULL))
+        edges = inner.union(term).union(emp)
+        parts.append(edges.group_by(["journey_type", "state_from", "state_to"]).aggregate(
+            count=edges.journey_type.count().cast("float64")).mutate(order=ibis.literal(k, "int64")))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.union(p)
+    return out.select("journey_type", "order", "state_from", "state_to", "count")
+
+
+def coalitions(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """Journeys, conversions and revenue by coalition = sorted distinct touchpoints of the
+    path joined by ","; n_touchpoints = its size. Columns: journey_type, coalition,
+    n_touchpoints, journeys, conversions, value."""
+    e, touches = _base(events, opts)
+    pt = path_touches(touches, **opts)
+    d = pt.select("customer_id", "journey_index", "touchpoint").distinct()
+    per = d.group_by(["customer_id", "journey_index"]).aggregate(_arr=d.touchpoint.collect())
+    per = per.select("customer_id", "journey_index", coalition=per._arr.sort().join(STATE_SEP),
+                     n_touchpoints=per._arr.length().cast("int64"))
+    jl = journey_list(e, touches)
+    j = jl.left_join(per, ["customer_id", "journey_index"]).select(
+        jl, coalition=ibis.coalesce(per.coalition, ""), n_touchpoints=ibis.coalesce(per.n_touchpoints, 0))
+    return j.group_by(["journey_type", "coalition"]).aggregate(
+        n_touchpoints=j.n_touchpoints.max(), journeys=j.customer_id.count().cast("int64"),
+        conversions=j.converted.cast("float64").sum(),
+        value=ibis.ifelse(j.converted, ibis.coalesce(j.revenue, 0.0), 0.0).sum())
+
+
+def heuristics(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """Heuristic attribution of converted journeys' paths (weights sum to 1 per journey):
+    first, last, last_non_direct (last touch not in direct_touchpoints, else last),
+    linear (1/n), linear_unique (1/u per distinct touchpoint), position_based (w1, wm, wl:
+    n=1 -> 1; n=2 -> w1/(w1+wl), wl/(w1+wl); n>=3 -> w1, wm/(n-2) each, wl),
+    time_decay (2^(-(conv_t - t)/half_life_days), normalised). value = weight x revenue.
+    Columns: journey_type, model, touchpoint, conversions, value. Empty paths are not attributed."""
+    _, touches = _base(events, opts)
+    pt = path_touches(touches, **opts)
+    pt = pt.filter(pt.converted).mutate(journey_type=_jtype(pt.journey_index),
+                                        _rev=ibis.coalesce(pt.revenue, 0.0))
+    w1, wm, wl = [float(x) for x in opts.get("position_based_weights", [0.4, 0.2, 0.4])]
+    hl = float(opts.get("time_decay_half_life_days", 7))
+    direct = list(opts.get("direct_touchpoints", ["direct"]))
+    wj = ibis.window(group_by=[pt.customer_id, pt.journey_index])
+    wjt = ibis.window(group_by=[pt.customer_id, pt.journey_index, pt.touchpoint])
+    wjt_o = ibis.window(group_by=[pt.customer_id, pt.journey_index, pt.touchpoint], order_by=[pt.pos])
+    nd_pos = pt.pos.max(where=~pt.touchpoint.isin(direct)).over(wj)
+    decay = (-(pt.conv_t - pt.t) / SECONDS_PER_DAY / hl * 0.6931471805599453).exp()
+    pt = pt.mutate(_lnd=ibis.coalesce(nd_pos, pt.n - 1), _decay=decay,
+                   _ctp=pt.event_id.count().over(wjt),
+                   _firstocc=(ibis.row_number().over(wjt_o) == 0).cast("int64"))
+    pt = pt.mutate(_u=pt._firstocc.sum().over(wj).cast("int64"), _dsum=pt._decay.sum().over(wj))
+    n = pt.n.cast("float64")
+    weights = {
+        "first": ibis.ifelse(pt.pos == 0, 1.0, 0.0),
+        "last": ibis.ifelse(pt.pos == pt.n - 1, 1.0, 0.0),
+        "last_non_direct": ibis.ifelse(pt.pos == pt._lnd, 1.0, 0.0),
+        "linear": 1.0 / n,
+        "linear_unique": 1.0 / (pt._u.cast("float64") * pt._ctp.cast("float64")),
+        "position_based": ibis.cases(
+            (pt.n == 1, 1.0),
+            (pt.n == 2, ibis.ifelse(pt.pos == 0, w1 / (w1 + wl), wl / (w1 + wl))),
+            (pt.pos == 0, w1), (pt.pos == pt.n - 1, wl), else_=wm / (n - 2.0)),
+        "time_decay": pt._decay / pt._dsum,
+    }
+    parts = [pt.select("journey_type", "touchpoint", model=ibis.literal(m), _w=w, _rev=pt._rev)
+             for m, w in weights.items()]
+    u = parts[0]
+    for p in parts[1:]:
+        u = u.union(p)
+    return u.group_by(["journey_type", "model", "touchpoint"]).aggregate(
+        conversions=u._w.sum(), value=(u._w * u._rev).sum())
+
+
+def survival(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """One row per journey for time-to-conversion models (docs/DESIGN.md Engine tables 6).
+
+    Outcome (first that applies): 2 at the first dissolution event of the journey (at or
+    after start, strictly before its conversion); 1 at conversion; 2 at the last activity
+    (any event of the journey) when window_end - last activity > lost_inactivity_days;
+    else 0 censored at window_end. entry_days = max(0, study_start - start) in days;
+    journeys whose end <= study_start are excluded."""
+    e, touches = _base(events, opts)
+    j = journeys(e, **{**opts, "touches": touches, "_keep_t": True})
+    end_t_w = _epoch(opts["window_end"])
+    study_t = _epoch(opts["study_start"])
+    lost_s = float(opts.get("lost_inactivity_days", 60)) * SECONDS_PER_DAY
+    act = e.group_by(["customer_id", "journey_index"]).aggregate(_act_t=e.t.max(), _act_ts=e.ts.max())
+    dis = e.filter(e.kind == "dissolution").select("customer_id", "journey_index", _d_t="t", _d_ts="ts")
+    dj = dis.join(j.select("customer_id", "journey_index", "_start_t"), ["customer_id", "journey_index"])
+    dj = dj.filter(dj._d_t >= dj._start_t)
+    dfirst = dj.group_by(["customer_id", "journey_index"]).aggregate(_d_t=dj._d_t.min(), _d_ts=dj._d_ts.min())
+    s = j.left_join(act, ["customer_id", "journey_index"]).select(j, act._act_t, act._act_ts)
+    s = s.left_join(dfirst, ["customer_id", "journey_index"]).select(s, dfirst._d_t, dfirst._d_ts)
+    conv_t = ibis.ifelse(s.converted, s._end_t, ibis.null("float64"))
+    by_diss = s._d_t.notnull() & (~s.converted | (s._d_t < conv_t))
+    inactive = (end_t_w - s._act_t) > lost_s
+    event = ibis.cases((by_diss, 2), (s.converted, 1), (inactive, 2), else_=0).cast("int64")
+    end_t = ibis.cases((by_diss, s._d_t), (s.converted, s._end_t), (inactive, s._act_t),
+                       else_=ibis.literal(end_t_w, "float64"))
+    end_ts = ibis.cases((by_diss, s._d_ts), (s.converted, s.conversion_ts), (inactive, s._act_ts),
+                        else_=_ts(opts["window_end"]))
+    s = s.mutate(event=event, _e_t=end_t, end_ts=end_ts)
+    s = s.filter(s._e_t > study_t)
+    entry = ibis.greatest(study_t - s._start_t, 0.0) / SECONDS_PER_DAY
+    tps = [c for c in j.columns if c.startswith("n_") and c != "n_touches"]
+    attrs = [c for c in j.columns if c in set(opts.get("attrs") or attribute_columns(events))]
+    return s.select("customer_id", "journey_index", "journey_type", "start_ts",
+                    entry_days=entry, duration_days=_days(s._e_t, s._start_t), event=s.event,
+                    end_ts=s.end_ts, first_touchpoint=s.first_touchpoint, last_touchpoint=s.last_touchpoint,
+                    n_touches=s.n_touches, **{c: s[c] for c in tps}, **{a: s[a] for a in attrs})
+
+
+def exposure(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """Counting-process intervals (start, stop] in days since journey start, split at every
+    path-touch time before the journey's end; cum_<tp> = touches of tp at time <= start;
+    event = survival outcome on the last interval, else 0. Intervals ending at or before
+    entry_days are dropped, the first kept one starts at entry_days; zero-length intervals
+    are dropped. Columns: customer_id, journey_index, journey_type, start, stop, event,
+    cum_<tp>..., first_touchpoint, attributes."""
+    e, touches = _base(events, opts)
+    tps = _tps(touches, opts)
+    s = opts.get("survival_table")
+    if s is None:
+        s = survival(e, **{**opts, "touches": touches})
+    attrs = [a for a in (opts.get("attrs") if opts.get("attrs") is not None else attribute_columns(events))
+             if a in s.columns]
+    sv = s.select("customer_id", "journey_index", "journey_type", "entry_days", "duration_days",
+                  "event", "first_touchpoint", *attrs)
+    jt = touches.select("customer_id", "journey_index", "t", "touchpoint")
+    first = jt.group_by(["customer_id", "journey_index"]).aggregate(_t0=jt.t.min())
+    jt = jt.join(first, ["customer_id", "journey_index"])
+    jt = jt.mutate(u=_days(jt.t, jt._t0)).join(sv.select("customer_id", "journey_index", "duration_days"),
+                                                ["customer_id", "journey_index"])
+    jt = jt.filter(jt.u < jt.duration_days)
+    cnt = jt.group_by(["customer_id", "journey_index", "u"]).aggregate(
+        **{f"_c_{safe_name(tp)}": (jt.touchpoint == tp).cast("int64").sum().cast("int64") for tp in tps})
+    w = ibis.cumulative_window(group_by=[cnt.customer_id, cnt.journey_index], order_by=cnt.u)
+    wl = ibis.window(group_by=[cnt.customer_id, cnt.journey_index], order_by=cnt.u)
+    cum = cnt.select("customer_id", "journey_index", "u", _next=cnt.u.lead().over(wl),
+                     **{f"cum_{safe_name(tp)}": cnt[f"_c_{safe_name(tp)}"].sum().over(w).cast("int64")
+                        for tp in tps})
+    x = cum.join(sv, ["customer_id", "journey_index"])
+    stop = ibis.coalesce(x._next, x.duration_days)
+    x = x.mutate(start=ibis.greatest(x.u, x.entry_days), stop=stop,
+                 event=ibis.ifelse(x._next.isnull(), x.event, 0).cast("int64"))
+    x = x.filter(x.stop > x.start)
+    return x.select("customer_id", "journey_index", "journey_type", "start", "stop", "event",
+                    *[f"cum_{safe_name(tp)}" for tp in tps], "first_touchpoint", *attrs)
+
+
+def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """One row per (cutoff, customer with any event before the cutoff); features from
+    events with ts < cutoff only, labels from events with ts >= cutoff only
+    (docs/DESIGN.md Engine tables 8). Durations in days."""
+    e = journey_events(events)
+    tps = opts.get("all_touchpoints")
+    if tps is None:
+        tps = discover_touchpoints(e)
+    attrs = opts.get("attrs")
+    if attrs is None:
+        attrs = attribute_columns(events)
+    ca = opts.get("customer_attrs")
+    ca = customer_attributes(e, attrs) if ca is None else ca
+    windows = [int(x) for x in opts.get("feature_windows_days", [7, 30, 90])]
+    H = float(opts.get("horizon_days", 90)) * SECONDS_PER_DAY
+    inact = float(opts.get("inactivity_days", 90)) * SECONDS_PER_DAY
+    wend = _epoch(opts["window_end"])
+    from .schema import PHASES
+    parts = []
+    for cutoff in opts["cutoffs"]:
+        c = _epoch(cutoff)
+        cts = _ts(cutoff)
+        pre = e.ts < cts
+        post = ~pre
+        conv, touch = e.kind == "conversion", e.kind == "touch"
+        diss = e.kind == "dissolution"
+        feats = {}
+        for tp in tps:
+            for w in windows:
+                feats[f"touches_{safe_name(tp)}_{w}d"] = (pre & touch & (e.touchpoint == tp)
+                                                          & (e.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+        for ph in PHASES:
+            for w in windows:
+                feats[f"touches_{ph}_{w}d"] = (pre & touch & (e.phase == ph)
+                                               & (e.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+        a = e.group_by("customer_id").aggregate(
+            _n_pre=pre.cast("int64").sum().cast("int64"),
+            _first_t=e.t.min(where=pre), _last_t=e.t.max(where=pre),
+            _last_conv=e.t.max(where=pre & conv), _first_conv=e.t.min(where=pre & conv),
+            frequency=(pre & conv).cast("int64").sum().cast("int64"),
+            monetary_total=ibis.coalesce(e.value.sum(where=pre & conv), 0.0),
+            monetary_mean=e.value.mean(where=pre & conv),
+            n_surveys=(pre & (e.kind == "survey")).cast("int64").sum().cast("int64"),
+            complaints_90d=(pre & touch & (e.touchpoint == "complaint")
+                            & (e.t >= c - 90 * SECONDS_PER_DAY)).cast("int64").sum().cast("int64"),
+            complaints_total=(pre & touch & (e.touchpoint == "complaint")).cast("int64").sum().cast("int64"),
+            _last_diss=e.t.max(where=pre & diss),
+            **feats,
+            _diss_after=e.t.min(where=post & diss),
+            _n_in_h=(post & (e.t < c + H)).cast("int64").sum().cast("int64"),
+            _diss_in_h=(post & diss & (e.t < c + H)).cast("int64").sum().cast("int64"),
+            _last_seen=e.t.max(),
+        )
+        a = a.filter(a._n_pre > 0)
+        # last survey answers and current stage (events before the cutoff)
+        sv = e.filter(pre & (e.kind == "survey") & e.survey.isin(["nps", "csat"]) & e.score.notnull())
+        ws = ibis.window(group_by=[sv.customer_id, sv.survey], order_by=[ibis.desc(sv.ts), ibis.desc(sv.event_id)])
+        sv = sv.mutate(_rn=ibis.row_number().over(ws))
+        sv = sv.filter(sv._rn == 0)
+        last_s = sv.group_by("customer_id").aggregate(
+            last_nps=sv.score.max(where=sv.survey == "nps"), last_csat=sv.score.max(where=sv.survey == "csat"))
+        st = e.filter(pre & e.stage.notnull())
+        wst = ibis.window(group_by=st.customer_id, order_by=[ibis.desc(st.ts), ibis.desc(st.event_id)])
+        st = st.mutate(_rn=ibis.row_number().over(wst))
+        st = st.filter(st._rn == 0).select("customer_id", current_stage=st.stage)
+        x = a.left_join(last_s, "customer_id").select(a, last_s.last_nps, last_s.last_csat)
+        x = x.left_join(st, "customer_id").select(x, st.current_stage)
+        x = x.left_join(ca, "customer_id").select(
+            x, **{at: ibis.ifelse(ca[f"{at}__t"] < c, ca[at], ibis.null("string")) for at in attrs})
+        is_cust = x.frequency > 0
+        dissolved = x._last_diss.notnull() & (x._last_conv.isnull() | (x._last_diss > x._last_conv))
+        dsla = (c - x._last_t) / SECONDS_PER_DAY
+        observable = ibis.literal(c + H <= wend)
+        label = ibis.ifelse(observable, (x._diss_in_h > 0) | (x._n_in_h == 0), ibis.null("boolean"))
+        gone = (wend - x._last_seen) > inact
+        ddays = ibis.cases((x._diss_after.notnull(), _days(x._diss_after, c)),
+                           (gone, ibis.greatest(_days(x._last_seen, c), 0.0)),
+                           else_=ibis.literal((wend - c) / SECONDS_PER_DAY))
+        x = x.mutate(
+            cutoff=cts,
+            recency_days=_days(c, x._last_conv), days_since_last_activity=dsla,
+            days_since_first_purchase=_days(c, x._first_conv), tenure_days=_days(c, x._first_t),
+            is_customer=is_cust, active_at_cutoff=is_cust & ~dissolved & (dsla <= inact / SECONDS_PER_DAY),
+            label_observable=observable, dissolved_within_horizon=label,
+            days_to_dissolution=ddays, dissolution_observed=x._diss_after.notnull() | gone)
+        cols = ["cutoff", "customer_id", "recency_days", "days_since_last_activity", "frequency",
+                "days_since_first_purchase", "monetary_total", "monetary_mean", "tenure_days", *feats,
+                "last_nps", "last_csat", "n_surveys", "complaints_90d", "complaints_total", "current_stage",
+                *attrs, "is_customer", "active_at_cutoff", "label_observable", "dissolved_within_horizon",
+                "days_to_dissolution", "dissolution_observed"]
+        parts.append(x.select(*cols))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.union(p)
+    return out
+
+
+FEATURE_LABEL_COLUMNS = ("label_observable", "dissolved_within_horizon", "days_to_dissolution",
+                         "dissolution_observed")
+
+
+def funnel(events: ibis.Table, /, **opts: Any) -> ibis.Table:
+    """Funnel over the events' `stage` column in the order ``stages``.
+
+    customers = customers whose furthest stage reached is this one or later;
+    conversion_from_previous = customers / customers of the previous stage; drop_off = 1 -
+    conversion; days in stage = first entry into a later stage - first entry into this stage
+    (customers who entered and later moved on; others are not counted)."""
+    e = journey_events(events)
+    stages = list(opts.get("stages") or DEFAULT_STAGES)
+    st = e.filter(e.stage.isin(stages))
+    order = ibis.cases(*[(st.stage == s, i + 1) for i, s in enumerate(stages)])
+    st = st.mutate(_ord=order)
+    per = st.group_by("customer_id").aggregate(
+        _max=st._ord.max(), **{f"_f{i}": st.t.min(where=st.stage == s) for i, s in enumerate(stages)})
+    rows = []
+    for i, s in enumerate(stages):
+        f = per[f"_f{i}"]
+        later = [ibis.ifelse(per[f"_f{k}"] >= f, per[f"_f{k}"], ibis.null("float64"))
+                 for k in range(i + 1, len(stages))]
+        left = ibis.least(*later) if len(later) > 1 else (later[0] if later else ibis.null("float64"))
+        d = _days(left, f)
+        rows.append(per.aggregate(
+            customers=(per._max >= i + 1).cast("int64").sum().cast("int64"),
+            median_days_in_stage=d.median(), mean_days_in_stage=d.mean()).mutate(
+            stage=ibis.literal(s), stage_order=ibis.literal(i + 1, "int64")))
+    u = rows[0]
+    for r in rows[1:]:
+        u = u.union(r)
+    w = ibis.window(order_by=u.stage_order)
+    prev = u.customers.lag().over(w)
+    conv = ibis.ifelse(prev > 0, u.customers.cast("float64") / prev.cast("float64"), ibis.null("float64"))
+    return u.select("stage", "stage_order", "customers", conversion_from_previous=conv,
+                    drop_off_from_previous=1.0 - conv, median_days_in_stage=u.median_days_in_stage,
+                    mean_days_in_stage=u.mean_days_in_stage)
+
+
+# --------------------------------------------------------------------------- build
+_SORT_KEYS = {
+    "journeys": ["customer_id", "journey_index"],
+    "paths": ["journey_type", "path"],
+    "transitions": ["journey_type", "order", "state_from", "state_to"],
+    "coalitions": ["journey_type", "coalition"],
+    "heuristics": ["journey_type", "model", "touchpoint"],
+    "survival": ["customer_id", "journey_index"],
+    "exposure": ["customer_id", "journey_index", "start"],
+    "customer_features": ["cutoff", "customer_id"],
+    "funnel": ["stage_order"],
+}
+
+
+def _materialise(con, expr: ibis.Table, name: str) -> ibis.Table:
+    """Compute ``expr`` once and return a table reading the stored result."""
+    if backend_name(con) == "pyspark":
+        df = con._session.sql(con.compile(expr))
+        df = df.cache()
+        df.count()
+        df.createOrReplaceTempView(name)
+        return con.table(name)
+    con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
+    return con.create_table(name, expr)
+
+
+def _write(con, expr: ibis.Table, path: Path, order_by: Sequence[str]) -> int:
+    """Write a table to one Parquet file (timestamps in microseconds); returns row count."""
+    import pyarrow.parquet as pq
+    path.parent.mkdir(parents=True, exist_ok=True)
+    expr = expr.order_by(list(order_by))
+    if backend_name(con) == "duckdb":
+        con.to_parquet(expr, str(path))
+        return int(pq.ParquetFile(str(path)).metadata.num_rows)
+    tbl = expr.to_pyarrow()
+    pq.write_table(tbl, str(path), coerce_timestamps="us", allow_truncated_timestamps=False)
+    return tbl.num_rows
+
+
+def prepare(con, events: ibis.Table, opts: dict, materialise: bool = True) -> dict:
+    """Discover touchpoints/attributes and materialise the shared base tables once
+    (journey events, journey touches, customer attributes); returns the options to pass
+    to every table function."""
+    opts = dict(opts)
+    e = journey_events(events)
+    if materialise:
+        e = _materialise(con, e, "jl_events")
+    opts["attrs"] = attribute_columns(events)
+    opts["all_touchpoints"] = discover_touchpoints(e)
+    opts["touchpoints"] = discover_touchpoints(e, opts["path_phases"])
+    touches = journey_touches(e, **opts)
+    ca = customer_attributes(e, opts["attrs"])
+    if materialise:
+        touches = _materialise(con, touches, "jl_touches")
+        ca = _materialise(con, ca, "jl_customer_attrs")
+    opts["touches"], opts["customer_attrs"], opts["events_j"] = touches, ca, e
+    return opts
+
+
+def build_tables(events: ibis.Table, opts: dict) -> dict[str, ibis.Table]:
+    """All nine tables as Ibis expressions (``opts`` from :func:`prepare`)."""
+    e = opts.get("events_j", events)
+    return {name: globals()[name](e, **opts) for name in TABLES}
+
+
+def build_all(params: dict) -> dict[str, str]:
+    """Write every engine table to ``engine.output_dir/<name>.parquet`` and
+    metrics/engine.json; returns {name: path}."""
+    return {k: v for k, v in _build(params)[0].items()}
+
+
+def _build(params: dict) -> tuple[dict, dict]:
+    t0 = time.perf_counter()
+    e_par = params.get("engine") or {}
+    con = connect(params)
+    events = load_events(con, config.path(params, e_par.get("input", "data/clean/events.parquet")))
+    opts = options_from_params(params)
+    if not opts["cutoffs"]:
+        raise ConfigError("params.yaml: churn.train_cutoffs / eval_cutoff / score_cutoff are empty; "
+                          "customer_features needs at least one cutoff date.")
+    out_dir = config.path(params, e_par.get("output_dir", "data/journeys"))
+    seconds: dict[str, float] = {}
+    ts = time.perf_counter()
+    opts = prepare(con, events, opts, materialise=True)
+    seconds["prepare"] = round(time.perf_counter() - ts, 3)
+    rows, paths_out = {}, {}
+    for name in TABLES:
+        ts = time.perf_counter()
+        expr = globals()[name](opts["events_j"], **opts)
+        if name == "survival":
+            expr = _materialise(con, expr, "jl_survival")
+            opts["survival_table"] = expr
+        p = out_dir / f"{name}.parquet"
+        rows[name] = _write(con, expr, p, _SORT_KEYS[name])
+        paths_out[name] = str(p)
+        seconds[name] = round(time.perf_counter() - ts, 3)
+    metrics = {"backend": backend_name(con), "rows": rows, "seconds": seconds,
+               "seconds_total": round(time.perf_counter() - t0, 3),
+               "events": int(opts["events_j"].count().to_pyarrow().as_py()),
+               "touchpoints": opts["touchpoints"], "attributes": opts["attrs"]}
+    mpath = config.path(params, e_par.get("metrics", "metrics/engine.json"))
+    mpath.parent.mkdir(parents=True, exist_ok=True)
+    mpath.write_text(json.dumps(metrics, indent=2))
+    if metrics["backend"] == "duckdb":
+        for t in ("jl_survival", "jl_customer_attrs", "jl_touches", "jl_events"):
+            con.raw_sql(f'DROP TABLE IF EXISTS "{t}"')
+        con.disconnect()
+    return paths_out, metrics
+
+
+def run_stage(params: dict) -> dict:
+    """DVC stage `journeylab build`: write data/journeys/*.parquet and metrics/engine.json."""
+    return _build(params)[1]
