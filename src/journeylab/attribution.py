@@ -37,9 +37,12 @@ touchpoint is never assumed to hurt). v is monotone, so Shapley values are >= 0;
 coalition's conversions are split in proportion to its Shapley values (efficient: credits sum
 to conversions). Exact (2^n subsets) up to ``max_exact`` = 15 distinct touchpoints per journey.
 Relation to Zhao et al. (2018), "Shapley value methods for attribution modeling in online
-advertising": their simplified Shapley uses v(T) = sum over U subset of T of conversions(U)
-(counts, not rates), a sum of unanimity games whose Shapley value is equal credit per distinct
-touchpoint of each converting journey, i.e. ``linear_unique``; ``characteristic="zhao"`` gives it.
+advertising": their simplified Shapley is one global game v(T) = sum over U subset of T of conversions(U) (counts,
+not rates, non-converting journeys ignored): a sum of unanimity games, so its Shapley value is
+equal credit per distinct touchpoint of each converting journey, i.e. ``linear_unique``
+(``characteristic="zhao"`` gives it; tests check it against shapley_values on the global game).
+Ours differs by using conversion *rates* of sets, so a touchpoint whose presence raises the
+conversion rate earns more than one that merely co-occurs.
 
 Hazard (``hazard_attribution``): with the time-varying proportional hazards fit
 h(t) = h0(t) exp(sum_tp beta_tp N_tp(t)), a converting journey with touch counts n_tp has
@@ -59,6 +62,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
@@ -126,14 +131,23 @@ def _tokenise(paths: pd.DataFrame, sep: str = DEFAULT_SEP, **cols) -> _Tokens:
     df = _prepare(paths, **cols)
     if not sep:
         raise AttributionError("attribution: the path separator is empty; set sep (default ' > ').")
-    split = df["path"].str.split(sep, regex=False)
-    lengths_raw = split.str.len().to_numpy()
-    flat = pd.Series(np.concatenate(split.to_numpy()) if len(split) else np.array([], dtype=object),
-                     dtype=object).str.strip()
+    arr = pa.array(df["path"].to_numpy(dtype=object), type=pa.large_string())
+    lists = pc.split_pattern(arr, pattern=sep)
+    lengths_raw = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.utf8_trim_whitespace(pc.list_flatten(lists))
     owner = np.repeat(np.arange(len(df)), lengths_raw)
-    keep = (flat != "").to_numpy()
-    flat, owner = flat[keep], owner[keep]
-    codes, names = pd.factorize(flat, sort=True)
+    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+    enc = pc.dictionary_encode(flat.filter(pa.array(keep))) if len(flat) else None
+    owner = owner[keep]
+    if enc is None or len(enc) == 0:
+        codes, names = np.zeros(0, np.int64), np.array([], dtype=object)
+    else:
+        raw_codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        raw_names = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+        order = np.argsort(raw_names, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        codes, names = rank[raw_codes], raw_names[order]
     lengths = np.bincount(owner, minlength=len(df))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return _Tokens(codes.astype(np.int64), offsets, np.asarray(names, dtype=object),
@@ -356,7 +370,8 @@ def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndar
     def solve(keep: np.ndarray) -> np.ndarray:
         idx = np.flatnonzero(keep)
         sub = A[idx][:, idx].tocsc()
-        x = splu(sub).solve(r[idx])
+        # I - Q is row diagonally dominant: no pivoting needed
+        x = splu(sub, diag_pivot_thresh=0.0, options=dict(SymmetricMode=True)).solve(r[idx])
         return x[0]          # (start) is idx 0 (always kept)
 
     base = solve(alive)
@@ -621,11 +636,9 @@ def _shapley_credit(masks: np.ndarray, journeys: np.ndarray, conversions: np.nda
             pos = np.minimum(pos, len(obs_mask) - 1)
             found = obs_mask[pos] == glob
             if characteristic == "zhao":
-                V = np.where(found, obs_conv[pos], 0.0)
-                for i in range(n):       # v(T) = sum of conversions over observed subsets of T (zeta transform)
-                    b = 1 << i
-                    idx = local[(local & b) != 0]
-                    V[:, idx] += V[:, idx ^ b]
+                # journey-level unanimity game: only the journey's own set converts -> equal split
+                V = np.zeros((len(r), size))
+                V[:, -1] = 1.0
             else:
                 V = np.where(found, obs_rate[pos], 0.0)
                 V[:, 0] = 0.0
