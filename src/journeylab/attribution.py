@@ -362,8 +362,9 @@ def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndar
     alive = out > 0
     alive[0] = True
     safe = np.where(out > 0, out, 1.0)
-    Q = sp.diags(1.0 / safe) @ internal
-    r = np.column_stack([to_conv / safe, np.where(to_conv > 0, val / safe, 0.0)])
+    Q = internal.tocsr().astype(float)
+    Q.data = Q.data / np.repeat(safe, np.diff(Q.indptr))       # row-normalise without overflow of 1/out
+    r = np.column_stack([to_conv / safe, np.divide(val, safe, out=np.zeros_like(val), where=to_conv > 0)])
     A = (sp.identity(ch.n_states, format="csr") - Q).tocsc()
     C = contains.shape[1]
 
@@ -371,7 +372,16 @@ def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndar
         idx = np.flatnonzero(keep)
         sub = A[idx][:, idx].tocsc()
         # I - Q is row diagonally dominant: no pivoting needed
-        x = splu(sub, diag_pivot_thresh=0.0, options=dict(SymmetricMode=True)).solve(r[idx])
+        try:
+            x = splu(sub, diag_pivot_thresh=0.0, options=dict(SymmetricMode=True)).solve(r[idx])
+        except RuntimeError:
+            try:
+                x = splu(sub).solve(r[idx])        # partial pivoting
+            except RuntimeError:
+                raise AttributionError("attribution: the Markov transition matrix is numerically singular "
+                                       "(path counts differ by more than ~1e15 in scale, so some states "
+                                       "never reach (conversion)/(null) in floating point). Rescale or round "
+                                       "the conversions/nulls columns.") from None
         return x[0]          # (start) is idx 0 (always kept)
 
     base = solve(alive)
@@ -615,6 +625,18 @@ def _shapley_credit(masks: np.ndarray, journeys: np.ndarray, conversions: np.nda
                                f"{max_exact} distinct touchpoints (max {int(popc.max())}); exact Shapley needs "
                                f"2^n subsets. Group touchpoints (channel_group) or limit paths "
                                f"(engine.max_path_length), or raise max_exact (cost doubles per touchpoint).")
+    dense = None
+    if C <= 22 and characteristic in ("rate", "rate_zero"):
+        # global lattice: v(T) for every subset of all touchpoints, closure computed once
+        dense = np.zeros(1 << C)
+        dense[obs_mask] = obs_rate
+        dense[0] = 0.0
+        if characteristic == "rate":
+            allm = np.arange(1 << C)
+            for i in range(C):
+                bit = 1 << i
+                idx = allm[(allm & bit) != 0]
+                dense[idx] = np.maximum(dense[idx], dense[idx ^ bit])
     for n in np.unique(popc):
         rows = conv_rows[popc == n]
         size = 1 << n
@@ -630,26 +652,29 @@ def _shapley_credit(masks: np.ndarray, journeys: np.ndarray, conversions: np.nda
                 players[:, j] = np.log2(low).astype(np.int64)
                 rem = rem ^ low
             local = np.arange(size)
-            sel = ((local[:, None] >> np.arange(n)[None, :]) & 1).astype(np.int64)   # (size, n)
-            glob = (sel[None, :, :] * np.left_shift(np.int64(1), players)[:, None, :]).sum(axis=2)  # (m, size)
-            pos = np.searchsorted(obs_mask, glob)
-            pos = np.minimum(pos, len(obs_mask) - 1)
-            found = obs_mask[pos] == glob
+            glob = np.zeros((len(r), size), dtype=np.int64)       # global mask of each local subset
+            for j in range(n):
+                h = 1 << j
+                glob[:, h:2 * h] = glob[:, :h] | np.left_shift(np.int64(1), players[:, j])[:, None]
             if characteristic == "zhao":
                 # journey-level unanimity game: only the journey's own set converts -> equal split
                 V = np.zeros((len(r), size))
                 V[:, -1] = 1.0
+            elif characteristic in ("rate", "rate_zero"):
+                if dense is not None:
+                    V = dense[glob]
+                else:
+                    pos = np.minimum(np.searchsorted(obs_mask, glob), len(obs_mask) - 1)
+                    V = np.where(obs_mask[pos] == glob, obs_rate[pos], 0.0)
+                    V[:, 0] = 0.0
+                    if characteristic == "rate":
+                        for i in range(n):   # monotone closure: best observed subset
+                            bit = 1 << i
+                            idx = local[(local & bit) != 0]
+                            V[:, idx] = np.maximum(V[:, idx], V[:, idx ^ bit])
             else:
-                V = np.where(found, obs_rate[pos], 0.0)
-                V[:, 0] = 0.0
-                if characteristic == "rate":
-                    for i in range(n):   # monotone closure: best observed subset
-                        b = 1 << i
-                        idx = local[(local & b) != 0]
-                        V[:, idx] = np.maximum(V[:, idx], V[:, idx ^ b])
-                elif characteristic != "rate_zero":
-                    raise AttributionError(f"attribution: unknown Shapley characteristic '{characteristic}' "
-                                           f"(rate | rate_zero | zhao).")
+                raise AttributionError(f"attribution: unknown Shapley characteristic '{characteristic}' "
+                                       f"(rate | rate_zero | zhao).")
             phi = shapley_values(V)
             phi = np.clip(phi, 0, None)           # rate_zero can give negative marginals; never negative credit
             tot = phi.sum(axis=1, keepdims=True)
