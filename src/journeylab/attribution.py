@@ -364,7 +364,7 @@ def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndar
     safe = np.where(out > 0, out, 1.0)
     Q = internal.tocsr().astype(float)
     Q.data = Q.data / np.repeat(safe, np.diff(Q.indptr))       # row-normalise without overflow of 1/out
-    r = np.column_stack([to_conv / safe, np.divide(val, safe, out=np.zeros_like(val), where=to_conv > 0)])
+    r = np.column_stack([to_conv / safe, np.divide(val, safe, out=np.zeros(len(safe)), where=to_conv > 0)])
     A = (sp.identity(ch.n_states, format="csr") - Q).tocsc()
     C = contains.shape[1]
 
