@@ -290,11 +290,14 @@ def _match_column(wanted: str, available: dict[str, str]) -> str | None:
     return low.get(str(wanted).strip().lower())
 
 
-def _check_delimiter(infos: list[dict], available: dict[str, str], params: dict, needed: int) -> None:
+def _check_delimiter(infos: list[dict], available: dict[str, str], params: dict, force: bool = False) -> None:
+    """Raise a wrong-delimiter InputError when the header looks split on another delimiter.
+
+    Checked when the file was read as one single column, or (``force``) when a required column is missing."""
     ing = params.get("ingest", {}) or {}
     csv = ing.get("csv", {}) or {}
     delim = str(csv.get("delimiter", ",") or ",")
-    if len(available) != 1 or needed <= 1:
+    if len(available) != 1 and not force:
         return
     for info in infos:
         if info["format"] != "csv" or not info["rows"]:
@@ -302,13 +305,17 @@ def _check_delimiter(infos: list[dict], available: dict[str, str], params: dict,
         line = _first_line(info["path"], str(csv.get("encoding", "utf-8")))
         counts = {d: line.count(d) for d in DELIMITER_CANDIDATES if d != delim}
         likely = max(counts, key=counts.get) if counts else None
-        hint = (f"The header contains {likely!r} {counts[likely]} times, so the file is probably {likely!r}-delimited: "
-                f"set ingest.csv.delimiter: {likely!r} in params.yaml"
-                + (" (and ingest.csv.decimal: ',' if numbers use a decimal comma)." if likely == ";" else ".")
-                if likely and counts[likely] else
-                "Set ingest.csv.delimiter in params.yaml to the character that separates the fields.")
-        raise InputError(f"{info['path']}: every line was read as one single column ({line[:80]!r}) with the delimiter "
-                         f"{delim!r} (ingest.csv.delimiter), so the mapped columns cannot be found. {hint}")
+        if not likely or counts[likely] <= line.count(delim):
+            if len(available) != 1:
+                continue
+            hint = "Set ingest.csv.delimiter in params.yaml to the character that separates the fields."
+        else:
+            hint = (f"The header contains {likely!r} {counts[likely]} times, so the file is probably "
+                    f"{likely!r}-delimited: set ingest.csv.delimiter: {likely!r} in params.yaml"
+                    + (" (and ingest.csv.decimal: ',' if numbers use a decimal comma)." if likely == ";" else "."))
+        raise InputError(f"{info['path']}: the header line ({line[:80]!r}) was split into {len(available)} column(s) "
+                         f"with the delimiter {delim!r} (ingest.csv.delimiter), so the mapped columns cannot be found. "
+                         f"{hint}")
 
 
 def _mapping(con, raw_sql: str, infos: list[dict], params: dict) -> tuple[dict, dict, list, list, dict]:
@@ -316,7 +323,7 @@ def _mapping(con, raw_sql: str, infos: list[dict], params: dict) -> tuple[dict, 
     ing = params.get("ingest", {}) or {}
     cols = dict(ing.get("columns", {}) or {})
     available = _columns_of(con, raw_sql)
-    _check_delimiter(infos, available, params, len([v for v in cols.values() if v]))
+    _check_delimiter(infos, available, params)
     mapping: dict[str, str] = {}
     files = ", ".join(i["file"] for i in infos if i["rows"])
     for canon in REQUIRED_INPUT_COLUMNS:
@@ -326,6 +333,7 @@ def _mapping(con, raw_sql: str, infos: list[dict], params: dict) -> tuple[dict, 
                              f"column of {files} that holds it (columns found: {', '.join(available)}).")
         found = _match_column(str(user), available)
         if found is None:
+            _check_delimiter(infos, available, params, force=True)
             raise InputError(f"{files}: required column '{user}' (mapped to {canon} by ingest.columns.{canon}) is not "
                              f"in the file. Columns found: {', '.join(available)}. Set ingest.columns.{canon} in "
                              f"params.yaml to the name of the column that holds the {canon}.")
