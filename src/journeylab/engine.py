@@ -541,83 +541,86 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     inact = float(opts.get("inactivity_days", 90)) * SECONDS_PER_DAY
     wend = _epoch(opts["window_end"])
     from .schema import PHASES
-    parts = []
-    for cutoff in opts["cutoffs"]:
-        c = _epoch(cutoff)
-        cts = _ts(cutoff)
-        pre = e.ts < cts
-        post = ~pre
-        conv, touch = e.kind == "conversion", e.kind == "touch"
-        diss = e.kind == "dissolution"
-        feats = {}
-        for tp in tps:
-            for w in windows:
-                feats[f"touches_{safe_name(tp)}_{w}d"] = (pre & touch & (e.touchpoint == tp)
-                                                          & (e.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
-        for ph in PHASES:
-            for w in windows:
-                feats[f"touches_{ph}_{w}d"] = (pre & touch & (e.phase == ph)
-                                               & (e.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
-        a = e.group_by("customer_id").aggregate(
-            _n_pre=pre.cast("int64").sum().cast("int64"),
-            _first_t=e.t.min(where=pre), _last_t=e.t.max(where=pre),
-            _last_conv=e.t.max(where=pre & conv), _first_conv=e.t.min(where=pre & conv),
-            frequency=(pre & conv).cast("int64").sum().cast("int64"),
-            monetary_total=ibis.coalesce(e.value.sum(where=pre & conv), 0.0),
-            monetary_mean=e.value.mean(where=pre & conv),
-            n_surveys=(pre & (e.kind == "survey")).cast("int64").sum().cast("int64"),
-            complaints_90d=(pre & touch & (e.touchpoint == "complaint")
-                            & (e.t >= c - 90 * SECONDS_PER_DAY)).cast("int64").sum().cast("int64"),
-            complaints_total=(pre & touch & (e.touchpoint == "complaint")).cast("int64").sum().cast("int64"),
-            _last_diss=e.t.max(where=pre & diss),
-            **feats,
-            _diss_after=e.t.min(where=post & diss),
-            _n_in_h=(post & (e.t < c + H)).cast("int64").sum().cast("int64"),
-            _diss_in_h=(post & diss & (e.t < c + H)).cast("int64").sum().cast("int64"),
-            _last_seen=e.t.max(),
-        )
-        a = a.filter(a._n_pre > 0)
-        # last survey answers and current stage (events before the cutoff)
-        sv = e.filter(pre & (e.kind == "survey") & e.survey.isin(["nps", "csat"]) & e.score.notnull())
-        ws = ibis.window(group_by=[sv.customer_id, sv.survey], order_by=[ibis.desc(sv.ts), ibis.desc(sv.event_id)])
-        sv = sv.mutate(_rn=ibis.row_number().over(ws))
-        sv = sv.filter(sv._rn == 0)
-        last_s = sv.group_by("customer_id").aggregate(
-            last_nps=sv.score.max(where=sv.survey == "nps"), last_csat=sv.score.max(where=sv.survey == "csat"))
-        st = e.filter(pre & e.stage.notnull())
-        wst = ibis.window(group_by=st.customer_id, order_by=[ibis.desc(st.ts), ibis.desc(st.event_id)])
-        st = st.mutate(_rn=ibis.row_number().over(wst))
-        st = st.filter(st._rn == 0).select("customer_id", current_stage=st.stage)
-        x = a.left_join(last_s, "customer_id").select(a, last_s.last_nps, last_s.last_csat)
-        x = x.left_join(st, "customer_id").select(x, st.current_stage)
-        x = x.left_join(ca, "customer_id").select(
-            x, **{at: ibis.ifelse(ca[f"{at}__t"] < c, ca[at], ibis.null("string")) for at in attrs})
-        is_cust = x.frequency > 0
-        dissolved = x._last_diss.notnull() & (x._last_conv.isnull() | (x._last_diss > x._last_conv))
-        dsla = (c - x._last_t) / SECONDS_PER_DAY
-        observable = ibis.literal(c + H <= wend)
-        label = ibis.ifelse(observable, (x._diss_in_h > 0) | (x._n_in_h == 0), ibis.null("boolean"))
-        gone = (wend - x._last_seen) > inact
-        ddays = ibis.cases((x._diss_after.notnull(), _days(x._diss_after, c)),
-                           (gone, ibis.greatest(_days(x._last_seen, c), 0.0)),
-                           else_=ibis.literal((wend - c) / SECONDS_PER_DAY))
-        x = x.mutate(
-            cutoff=cts,
-            recency_days=_days(c, x._last_conv), days_since_last_activity=dsla,
-            days_since_first_purchase=_days(c, x._first_conv), tenure_days=_days(c, x._first_t),
-            is_customer=is_cust, active_at_cutoff=is_cust & ~dissolved & (dsla <= inact / SECONDS_PER_DAY),
-            label_observable=observable, dissolved_within_horizon=label,
-            days_to_dissolution=ddays, dissolution_observed=x._diss_after.notnull() | gone)
-        cols = ["cutoff", "customer_id", "recency_days", "days_since_last_activity", "frequency",
-                "days_since_first_purchase", "monetary_total", "monetary_mean", "tenure_days", *feats,
-                "last_nps", "last_csat", "n_surveys", "complaints_90d", "complaints_total", "current_stage",
-                *attrs, "is_customer", "active_at_cutoff", "label_observable", "dissolved_within_horizon",
-                "days_to_dissolution", "dissolution_observed"]
-        parts.append(x.select(*cols))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.union(p)
-    return out
+    import pandas as pd
+    cuts = sorted(str(x) for x in opts["cutoffs"])
+    cm = ibis.memtable(pd.DataFrame({
+        "cutoff": pd.to_datetime(cuts, utc=True).astype("datetime64[us, UTC]"),
+        "_c": [_epoch(x) for x in cuts]}))
+    # events x cutoffs (a handful of cutoffs): one aggregation for every cutoff
+    x0 = e.select("customer_id", "ts", "t", "kind", "touchpoint", "phase", "value", "survey", "score",
+                  "stage", "event_id").cross_join(cm)
+    c = x0._c
+    pre = x0.ts < x0.cutoff
+    post = ~pre
+    conv, touch, diss = x0.kind == "conversion", x0.kind == "touch", x0.kind == "dissolution"
+    feats = {}
+    for tp in tps:
+        for w in windows:
+            feats[f"touches_{safe_name(tp)}_{w}d"] = (pre & touch & (x0.touchpoint == tp)
+                                                      & (x0.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+    for ph in PHASES:
+        for w in windows:
+            feats[f"touches_{ph}_{w}d"] = (pre & touch & (x0.phase == ph)
+                                           & (x0.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+    a = x0.group_by(["cutoff", "_c", "customer_id"]).aggregate(
+        _n_pre=pre.cast("int64").sum().cast("int64"),
+        _first_t=x0.t.min(where=pre), _last_t=x0.t.max(where=pre),
+        _last_conv=x0.t.max(where=pre & conv), _first_conv=x0.t.min(where=pre & conv),
+        frequency=(pre & conv).cast("int64").sum().cast("int64"),
+        monetary_total=ibis.coalesce(x0.value.sum(where=pre & conv), 0.0),
+        monetary_mean=x0.value.mean(where=pre & conv),
+        n_surveys=(pre & (x0.kind == "survey")).cast("int64").sum().cast("int64"),
+        complaints_90d=(pre & touch & (x0.touchpoint == "complaint")
+                        & (x0.t >= c - 90 * SECONDS_PER_DAY)).cast("int64").sum().cast("int64"),
+        complaints_total=(pre & touch & (x0.touchpoint == "complaint")).cast("int64").sum().cast("int64"),
+        _last_diss=x0.t.max(where=pre & diss),
+        **feats,
+        _diss_after=x0.t.min(where=post & diss),
+        _n_in_h=(post & (x0.t < c + H)).cast("int64").sum().cast("int64"),
+        _diss_in_h=(post & diss & (x0.t < c + H)).cast("int64").sum().cast("int64"),
+        _last_seen=x0.t.max(),
+    )
+    a = a.filter(a._n_pre > 0)
+    keys = ["cutoff", "customer_id"]
+    # last survey answers and current stage (events before the cutoff)
+    sv = x0.filter((x0.ts < x0.cutoff) & (x0.kind == "survey") & x0.survey.isin(["nps", "csat"])
+                   & x0.score.notnull())
+    ws = ibis.window(group_by=[sv.cutoff, sv.customer_id, sv.survey],
+                     order_by=[ibis.desc(sv.ts), ibis.desc(sv.event_id)])
+    sv = sv.mutate(_rn=ibis.row_number().over(ws))
+    sv = sv.filter(sv._rn == 0)
+    last_s = sv.group_by(keys).aggregate(
+        last_nps=sv.score.max(where=sv.survey == "nps"), last_csat=sv.score.max(where=sv.survey == "csat"))
+    st = x0.filter((x0.ts < x0.cutoff) & x0.stage.notnull())
+    wst = ibis.window(group_by=[st.cutoff, st.customer_id], order_by=[ibis.desc(st.ts), ibis.desc(st.event_id)])
+    st = st.mutate(_rn=ibis.row_number().over(wst))
+    st = st.filter(st._rn == 0).select(*keys, current_stage=st.stage)
+    x = a.left_join(last_s, keys).select(a, last_s.last_nps, last_s.last_csat)
+    x = x.left_join(st, keys).select(x, st.current_stage)
+    x = x.left_join(ca, "customer_id").select(
+        x, **{at: ibis.ifelse(ca[f"{at}__t"] < x._c, ca[at], ibis.null("string")) for at in attrs})
+    c = x._c
+    is_cust = x.frequency > 0
+    dissolved = x._last_diss.notnull() & (x._last_conv.isnull() | (x._last_diss > x._last_conv))
+    dsla = (c - x._last_t) / SECONDS_PER_DAY
+    observable = (c + H) <= wend
+    label = ibis.ifelse(observable, (x._diss_in_h > 0) | (x._n_in_h == 0), ibis.null("boolean"))
+    gone = (wend - x._last_seen) > inact
+    ddays = ibis.cases((x._diss_after.notnull(), _days(x._diss_after, c)),
+                       (gone, ibis.greatest(_days(x._last_seen, c), 0.0)),
+                       else_=(wend - c) / SECONDS_PER_DAY)
+    x = x.mutate(
+        recency_days=_days(c, x._last_conv), days_since_last_activity=dsla,
+        days_since_first_purchase=_days(c, x._first_conv), tenure_days=_days(c, x._first_t),
+        is_customer=is_cust, active_at_cutoff=is_cust & ~dissolved & (dsla <= inact / SECONDS_PER_DAY),
+        label_observable=observable, dissolved_within_horizon=label,
+        days_to_dissolution=ddays, dissolution_observed=x._diss_after.notnull() | gone)
+    cols = ["cutoff", "customer_id", "recency_days", "days_since_last_activity", "frequency",
+            "days_since_first_purchase", "monetary_total", "monetary_mean", "tenure_days", *feats,
+            "last_nps", "last_csat", "n_surveys", "complaints_90d", "complaints_total", "current_stage",
+            *attrs, "is_customer", "active_at_cutoff", "label_observable", "dissolved_within_horizon",
+            "days_to_dissolution", "dissolution_observed"]
+    return x.select(*cols)
 
 
 FEATURE_LABEL_COLUMNS = ("label_observable", "dissolved_within_horizon", "days_to_dissolution",
