@@ -110,6 +110,8 @@ def row_accounting(dq: dict | None) -> pd.DataFrame | None:
     rows = [("rows read", dq.get("rows_read")), ("clean rows (used)", dq.get("rows_clean")),
             ("duplicates removed", dq.get("rows_duplicate")), ("quarantined", dq.get("rows_quarantined"))]
     for reason, n in sorted((dq.get("quarantined_by_reason") or {}).items(), key=lambda kv: -(kv[1] or 0)):
+        if not n:
+            continue
         rows.append((f"  quarantined: {reason.replace('_', ' ')}", n))
     out = pd.DataFrame(rows, columns=["rows", "count"])
     read = dq.get("rows_read") or 0
@@ -396,10 +398,11 @@ def executive_summary(tot: dict | None, tps: pd.DataFrame | None = None, nps_tab
         out.append(f"Overall NPS is {fmt_num(o['nps'], 0)} (95% CI {fmt_num(o['ci_low'], 0)} to {fmt_num(o['ci_high'], 0)}) "
                    f"from {fmt_int(o['n'])} answers.")
     if effects is not None and len(effects):
-        neg = effects[effects["rating"] == "negative"]["touchpoint"].tolist()
-        pos = effects[effects["rating"] == "positive"]["touchpoint"].tolist()
+        e = effects.sort_values("conversion_rr", ascending=False)
+        neg = e[e["rating"] == "negative"]["touchpoint"].tolist()[:3]
+        pos = e[e["rating"] == "positive"]["touchpoint"].tolist()[:3]
         if neg or pos:
-            out.append(f"Touchpoints associated with better outcomes: {', '.join(pos) or 'none'}; "
+            out.append(f"Touchpoints most associated with better outcomes: {', '.join(pos) or 'none'}; "
                        f"with worse outcomes: {', '.join(neg) or 'none'} (association, not proof of cause).")
     if conc:
         out.append(f"Revenue is concentrated: the top 20% of paying customers bring {fmt_pct(conc['top_share'])} "

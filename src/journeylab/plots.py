@@ -196,3 +196,48 @@ def model_comparison(df: pd.DataFrame, ax=None, value: str = "share", models: Se
         ax.set_title(title)
     ax.legend(title="model", fontsize=8, ncol=2)
     return ax
+
+
+def calibration(cal: pd.DataFrame, ax=None):
+    """Reliability diagram (cal: model, mean_predicted, observed_rate)."""
+    ax = _ax(ax)
+    for model, g in cal.groupby("model"):
+        ax.plot(100 * g["mean_predicted"], 100 * g["observed_rate"], "o-", label=str(model), lw=1.5)
+    ax.plot([0, 100], [0, 100], ls="--", color=OTHER_COLOR, label="perfect calibration")
+    ax.set_xlabel("predicted risk of leaving (%)")
+    ax.set_ylabel("observed share who left (%)")
+    ax.set_title("Calibration on the evaluation cutoff")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def importance(imp: pd.DataFrame, ax=None, top: int = 12):
+    """Permutation importance bars (first text column = driver, first numeric 'importance*' column = value)."""
+    ax = _ax(ax)
+    label = "driver" if "driver" in imp else imp.select_dtypes("object").columns[0]
+    num = [c for c in imp.columns if "importance" in c and pd.api.types.is_numeric_dtype(imp[c])]
+    value = num[0] if num else imp.select_dtypes("number").columns[0]
+    d = imp.sort_values(value, ascending=False).head(top)
+    y = np.arange(len(d))[::-1]
+    ax.barh(y, d[value], color="#1f5f8b")
+    ax.set_yticks(y)
+    ax.set_yticklabels(d[label])
+    ax.set_xlabel("drop in ROC-AUC when the factor is scrambled")
+    ax.set_ylabel("driver")
+    ax.set_title("Top drivers of dissolution")
+    return ax
+
+
+def lifecycle(life: pd.DataFrame, ax=None):
+    """Stacked shares of customers by lifecycle stage per cutoff (life: cutoff, stage, customers)."""
+    ax = _ax(ax)
+    w = life.pivot_table(index="cutoff", columns="stage", values="customers", aggfunc="sum").fillna(0)
+    w = w.div(w.sum(axis=1).replace(0, np.nan), axis=0) * 100
+    w.index = [str(i)[:10] for i in w.index]
+    w.plot(kind="bar", stacked=True, ax=ax, colormap="viridis", width=0.8)
+    ax.set_xlabel("cutoff date")
+    ax.set_ylabel("customers (%)")
+    ax.set_title("Customers by lifecycle stage")
+    ax.legend(title="stage", fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.tick_params(axis="x", rotation=0)
+    return ax

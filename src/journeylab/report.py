@@ -341,7 +341,7 @@ def start(name: str, params_path: str | None = None, as_of: str | None = None, s
     from . import plots
     plots.set_style(params)
     if show_header:
-        md(header(params, name, params["report"]["as_of"], parameters))
+        html(header(params, name, params["report"]["as_of"], parameters))
     return params
 
 
@@ -397,12 +397,25 @@ def header(params: dict, name: str, as_of: str | None = None, parameters: dict |
     if extra:
         kp += ("; " if kp else "") + "; ".join(f"{k.replace('_', ' ')} = {_fmt_param(v)}" for k, v in extra.items())
     rev = git_revision(project_root(params))
-    return (f"# {title}\n\n"
-            f"<div class=\"jl-header\">\n\n"
-            f"**Report date:** {as_of or report_date(params)} · **Data period:** {start_} to {end_incl}{observed}  \n"
-            f"**Rows:** {rows}  \n"
-            f"**Key parameters:** {kp or 'defaults'}  \n"
-            f"**journeylab** {__version__} · revision {rev}\n\n</div>\n")
+    return (f"<h1>{html_lib.escape(title)}</h1>\n<div class=\"jl-header\">"
+            f"<strong>Report date:</strong> {as_of or report_date(params)} · <strong>Data period:</strong> "
+            f"{html_lib.escape(f'{start_} to {end_incl}{observed}')}<br>\n"
+            f"<strong>Rows:</strong> {inline_md(rows)}<br>\n"
+            f"<strong>Key parameters:</strong> {inline_md(kp or 'defaults')}<br>\n"
+            f"<strong>journeylab</strong> {__version__} · revision {html_lib.escape(rev)}</div>\n")
+
+
+def inline_md(text: str) -> str:
+    """Escape HTML, then render **bold** and `code` (for the header and summary boxes)."""
+    t = html_lib.escape(str(text), quote=False)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def html(fragment: str) -> None:
+    """Display an HTML fragment built by the library (escaped content)."""
+    from IPython.display import HTML, display
+    display(HTML(fragment))
 
 
 def md(text: str) -> None:
@@ -413,13 +426,13 @@ def md(text: str) -> None:
 
 def summary(sentences: Iterable[str], title: str = "Executive summary") -> None:
     """Display the executive summary box (3-6 plain-language sentences)."""
-    body = " ".join(s.strip() for s in sentences if s)
-    md(f"## {title}\n\n<div class=\"jl-summary\">\n\n{body}\n\n</div>")
+    body = " ".join(inline_md(s.strip()) for s in sentences if s)
+    html(f"<h2>{html_lib.escape(title)}</h2>\n<div class=\"jl-summary\"><p>{body}</p></div>")
 
 
 def unavailable(what: str, why: str = "its input has not been produced yet") -> None:
     """One line instead of a section whose data is absent."""
-    md(f"<p class=\"jl-note\">{what}: not available — {why}.</p>")
+    html(f"<p class=\"jl-note\">{inline_md(what)}: not available — {inline_md(why)}.</p>")
 
 
 def table(df: Any, formats: dict | None = None, index: bool = False, max_rows: int = 40) -> None:
@@ -466,3 +479,279 @@ def load_table(params: dict, relative: str) -> Any:
     if not p.exists():
         return None
     return pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
+
+
+# ----------------------------------------------------------------------------- report content
+# Loaders and plain-language summaries for the time_to_conversion, churn and attribution reports.
+# They read the stage outputs (metrics JSON, result tables) and tolerate absent keys.
+
+_RESULT_DIRS = {"survival": ("survival.output_dir", "data/results/survival"),
+                "churn": ("churn.output_dir", "data/results/churn")}
+
+
+def result_table(params: dict, stage: str, name: str | None) -> Any:
+    """A stage's result table (``data/results/<stage>/<name>`` or attribution.csv), None when absent."""
+    if stage == "attribution":
+        return load_table(params, get(params, "attribution.output", "data/results/attribution.csv"))
+    key, default = _RESULT_DIRS[stage]
+    return load_table(params, str(Path(get(params, key, default)) / name))
+
+
+def _ci(lo: Any, hi: Any, fmt=None) -> str:
+    fmt = fmt or fmt_num
+    return f" (95% CI {fmt(lo)}–{fmt(hi)})" if lo is not None and hi is not None else ""
+
+
+def survival_summary(m: dict | None) -> list[str]:
+    """Executive summary of metrics/survival.json (3-6 sentences)."""
+    if not m:
+        return ["Survival results are not available yet: run `journeylab survival`."]
+    out = [f"We followed {fmt_int(m.get('n_journeys'))} {m.get('journey_type', '')} journeys: "
+           f"{fmt_int(m.get('n_converted'))} converted, {fmt_int(m.get('n_lost'))} were lost and "
+           f"{fmt_int(m.get('n_censored'))} were still open at the end of the data."]
+    med, ci = m.get("median_days_to_conversion"), m.get("median_days_to_conversion_ci") or [None, None]
+    if med is not None:
+        out.append(f"Half of the leads would convert within {fmt_num(med)} days{_ci(ci[0], ci[1])} if none were lost "
+                   f"(Kaplan–Meier median).")
+    else:
+        out.append(f"The median time to conversion is not available: {m.get('median_days_to_conversion_note', 'not reached')}.")
+    if m.get("atc_naive_days") is not None:
+        out.append(f"The naive 'average time to conversion' (converted journeys only) is {fmt_num(m['atc_naive_days'])} days; "
+                   "it ignores leads that are still deciding and so understates how long conversion takes.")
+    pc = {k: v for k, v in (m.get("p_convert") or {}).items() if v is not None}
+    if pc:
+        out.append("Counting lost leads as lost, the chance that a new lead converts is "
+                   + ", ".join(f"{fmt_pct(v)} by day {k}" for k, v in pc.items()) + ".")
+    sentences = m.get("hazard_ratio_sentences") or []
+    if sentences:
+        out.append(str(sentences[0]).rstrip(".") + ".")
+    return out[:6]
+
+
+def survival_horizon_text(m: dict) -> str:
+    pc = {k: v for k, v in (m.get("p_convert") or {}).items() if v is not None}
+    rm = m.get("rmst_days")
+    parts = []
+    if pc:
+        parts.append("By day " + ", ".join(f"{k}: {fmt_pct(v)} converted" for k, v in pc.items()) + ".")
+    if rm is not None:
+        parts.append(f"Within the first {fmt_num(m.get('rmst_horizon_days'), 0)} days a lead spends on average "
+                     f"{fmt_num(rm)} days unconverted (restricted mean).")
+    if m.get("p_convert_note"):
+        parts.append(m["p_convert_note"] + ".")
+    return " ".join(parts) or "No conversion probabilities are available."
+
+
+def survival_group_table(m: dict, g: str) -> Any:
+    """One row per group value: journeys, converted, median days, P(convert) by horizon."""
+    import pandas as pd
+    grp = (m.get("by_group") or {}).get(g) or {}
+    rows = []
+    for k, s in grp.items():
+        r = {"group": k, "journeys": s.get("n_journeys"), "converted": s.get("n_converted"),
+             "median_days": s.get("median_days_to_conversion")}
+        for h, v in (s.get("p_convert") or {}).items():
+            r[f"p_convert_{h}d"] = v
+        rows.append(r)
+    if not rows:
+        return None
+    return pd.DataFrame(rows).sort_values("journeys", ascending=False).rename(columns={"group": g})
+
+
+def survival_group_text(m: dict, g: str) -> str:
+    t = survival_group_table(m, g)
+    lr = (m.get("logrank") or {}).get(g) or {}
+    parts = []
+    if t is not None and "median_days" in t and t["median_days"].notna().any():
+        fast, slow = t.loc[t["median_days"].idxmin()], t.loc[t["median_days"].idxmax()]
+        parts.append(f"By {g.replace('_', ' ')}, the fastest group is {fast[g]} (median {fmt_num(fast['median_days'])} days) "
+                     f"and the slowest {slow[g]} (median {fmt_num(slow['median_days'])} days).")
+    p = lr.get("p_value", lr.get("p"))
+    if p is not None:
+        parts.append(f"A log-rank test {'finds' if p < 0.05 else 'does not find'} a difference between the groups "
+                     f"(p = {p:.3g}).")
+    elif lr.get("statistic_note"):
+        parts.append(str(lr["statistic_note"]) + ".")
+    return " ".join(parts) or "No group comparison available."
+
+
+def hazard_text(m: dict | None, hr: Any) -> str:
+    """Plain words for the touchpoint hazard ratios."""
+    sig_up = hr[hr["ci_low"] > 1]["touchpoint"].tolist()
+    sig_down = hr[hr["ci_high"] < 1]["touchpoint"].tolist()
+    top = hr.iloc[0]
+    txt = (f"One more **{top['touchpoint']}** touch multiplies the conversion rate by {fmt_num(top['hr'], 2)}"
+           f"{_ci(top['ci_low'], top['ci_high'], lambda v: fmt_num(v, 2))}. "
+           f"Touchpoints that clearly speed up conversion: {', '.join(sig_up) or 'none'}; clearly slow it down: "
+           f"{', '.join(sig_down) or 'none'}.")
+    if m and m.get("fitting_path_note"):
+        txt += f" Method: {m['fitting_path_note']}."
+    return txt
+
+
+def survival_model_text(m: dict) -> str:
+    """Proportional-hazards check, AFT choice and holdout accuracy in plain words."""
+    lines = []
+    if m.get("ph_check"):
+        lines.append(f"- Proportional-hazards check: {m['ph_check']}")
+    if m.get("aft_model"):
+        q = m.get("aft_time_quantiles_days") or {}
+        qs = ", ".join(f"{int(float(k) * 100)}% by {fmt_num(v)} days" for k, v in q.items() if v is not None)
+        lines.append(f"- Best-fitting parametric model (lowest AIC): {m['aft_model']}" + (f"; it predicts {qs} if none were lost." if qs else "."))
+    ci = m.get("c_index") or {}
+    if isinstance(ci, dict) and ci.get("harrell") is not None:
+        lines.append(f"- On later journeys held out from fitting (from {(m.get('holdout') or {}).get('start', '?')}), "
+                     f"the model ranks who converts sooner correctly {fmt_pct(ci['harrell'])} of the time "
+                     f"(Harrell's C; Uno's C {fmt_num(ci.get('uno'), 3)}; 50% = guessing).")
+    elif m.get("c_index_note"):
+        lines.append(f"- Holdout accuracy: {m['c_index_note']}")
+    if m.get("integrated_brier") is not None:
+        lines.append(f"- Integrated Brier score {fmt_num(m['integrated_brier'], 3)} (0 = perfect, 0.25 = uninformative).")
+    return "\n".join(lines) or "No model diagnostics available."
+
+
+CHURN_MODEL_LABELS = {"logistic": "logistic regression", "gbm": "gradient boosting", "bgnbd": "BG/NBD baseline"}
+
+
+def churn_model_table(m: dict | None) -> Any:
+    """Model comparison table from metrics/churn.json (None when no model was evaluated)."""
+    import pandas as pd
+    models = (m or {}).get("models") or {}
+    rows = []
+    for name, r in models.items():
+        if r.get("roc_auc") is None:
+            continue
+        rows.append({"model": CHURN_MODEL_LABELS.get(name, name), "roc_auc": r.get("roc_auc"), "pr_auc": r.get("pr_auc"),
+                     "brier": r.get("brier"), "calibration_error": r.get("ece"),
+                     "lift_top_10pct": r.get("lift_top_decile"), "capture_top_10pct": r.get("capture_top_decile")})
+    return pd.DataFrame(rows) if rows else None
+
+
+def _best_churn(m: dict) -> tuple[str, dict] | None:
+    models = {k: v for k, v in ((m or {}).get("models") or {}).items() if v.get("roc_auc") is not None and k != "bgnbd"}
+    if not models:
+        return None
+    k = max(models, key=lambda n: models[n]["roc_auc"])
+    return k, models[k]
+
+
+def churn_summary(m: dict | None) -> list[str]:
+    """Executive summary of metrics/churn.json (aggregates only)."""
+    if not m:
+        return ["Churn results are not available yet: run `journeylab churn`."]
+    out = []
+    best = _best_churn(m)
+    ev = m.get("eval_cutoff")
+    base = None
+    if best:
+        k, r = best
+        base = r.get("base_rate")
+        out.append(f"Of the {fmt_int(r.get('n_scored'))} active customers on {ev}, {fmt_pct(base)} left within the next "
+                   f"{m.get('horizon_days')} days.")
+        out.append(f"The {CHURN_MODEL_LABELS.get(k, k)} model ranks them with ROC-AUC {fmt_num(r['roc_auc'], 3)}; its 10% "
+                   f"highest-risk customers contain {fmt_pct(r.get('capture_top_decile'))} of all leavers "
+                   f"({fmt_num(r.get('lift_top_decile'), 1)}× the average rate).")
+        bg = ((m.get("models") or {}).get("bgnbd") or {}).get("roc_auc")
+        if bg is not None:
+            out.append(f"The purchase-pattern baseline (BG/NBD) reaches ROC-AUC {fmt_num(bg, 3)} on the same customers.")
+        if m.get("oracle_auc_eval") is not None:
+            out.append(f"The best achievable ROC-AUC, from the simulator's true risks, is {fmt_num(m['oracle_auc_eval'], 3)}.")
+    else:
+        out.append(f"No churn model could be evaluated: {m.get('models_note') or 'see the notes below'}.")
+    drivers = m.get("top_drivers") or []
+    if drivers:
+        out.append("The strongest drivers of leaving are " + ", ".join(str(d.get("driver")) for d in drivers[:3]) + ".")
+    return out[:6]
+
+
+def churn_model_text(m: dict) -> str:
+    best = _best_churn(m)
+    if not best:
+        return m.get("models_note") or ""
+    k, r = best
+    return (f"The best model is {CHURN_MODEL_LABELS.get(k, k)}: its expected calibration error is "
+            f"{fmt_pct(r.get('ece'), 1)} (average gap between predicted and observed risk).")
+
+
+def churn_driver_text(m: dict | None) -> str:
+    drivers = (m or {}).get("top_drivers") or []
+    lines = []
+    for d in drivers[:5]:
+        text = d.get("summary") or d.get("text") or d.get("sentence")
+        lines.append(f"- **{d.get('driver')}**" + (f": {text}" if text else ""))
+    return "\n".join(lines) or "No driver summaries available."
+
+
+def lifecycle_text(life: Any) -> str:
+    last = life[life["cutoff"] == life["cutoff"].max()]
+    tot = last["customers"].sum()
+    if not tot:
+        return ""
+    parts = ", ".join(f"{r.stage} {fmt_pct(r.customers / tot)}" for r in last.itertuples())
+    return f"On {str(last['cutoff'].iloc[0])[:10]}, customers by lifecycle stage: {parts}."
+
+
+def attribution_models(att: Any, models: Iterable[str] | None = None) -> Any:
+    """Rows of attribution.csv for the chosen models (overall journey type when several)."""
+    d = att.copy()
+    if "journey_type" in d and d["journey_type"].nunique() > 1:
+        keep = "all" if (d["journey_type"] == "all").any() else d["journey_type"].iloc[0]
+        d = d[d["journey_type"] == keep]
+    if models:
+        wanted = set(models)
+        sel = d[d["model"].isin(wanted) | d["model"].str.split("_").str[0].isin(wanted)]
+        d = sel if len(sel) else d
+    return d.reset_index(drop=True)
+
+
+def attribution_wide(d: Any) -> Any:
+    """Touchpoint x model table of shares."""
+    return d.pivot_table(index="touchpoint", columns="model", values="share", aggfunc="sum").reset_index()
+
+
+def attribution_summary(m: dict | None, att: Any) -> list[str]:
+    """Executive summary of the attribution results."""
+    if att is None or not len(att):
+        return ["Attribution results are not available yet: run `journeylab attribute`."]
+    d = attribution_models(att)
+    out = [f"{fmt_int((m or {}).get('total_conversions'))} conversions were credited to touchpoints by "
+           f"{d['model'].nunique()} models."]
+    for model in ("markov_1", "markov", "shapley", "last"):
+        sub = d[d["model"] == model]
+        if len(sub):
+            top = sub.sort_values("share", ascending=False).iloc[0]
+            ci = _ci(top.get("ci_low"), top.get("ci_high"), fmt_pct) if "ci_low" in sub else ""
+            out.append(f"The {model.replace('_', ' order ')} model gives the most credit to {top['touchpoint']}: "
+                       f"{fmt_pct(top['share'])} of conversions{ci}.")
+            break
+    gt = (m or {}).get("ground_truth") or {}
+    if gt.get("best_data_driven"):
+        out.append(f"Against the simulator's true incremental conversions, {gt['best_data_driven']} is the closest data-driven "
+                   f"model (credit misplaced: {fmt_pct(gt.get('best_data_driven_l1'))}), versus "
+                   f"{fmt_pct(gt.get('last_touch_l1'))} for last-touch.")
+    return out[:6]
+
+
+def attribution_truth_table(m: dict | None) -> Any:
+    import pandas as pd
+    gt = (m or {}).get("ground_truth") or {}
+    rows = gt.get("models") or []
+    if not rows:
+        return None
+    return pd.DataFrame([{"model": r["model"], "l1_distance": r.get("l1")} for r in rows]).sort_values("l1_distance")
+
+
+def attribution_truth_text(m: dict) -> str:
+    gt = m.get("ground_truth") or {}
+    if gt.get("best_beats_last_touch") is None:
+        return ""
+    return ("The best data-driven model is closer to the truth than last-touch attribution."
+            if gt["best_beats_last_touch"] else
+            "On this data the data-driven models are not closer to the truth than last-touch attribution.")
+
+
+def attribution_cost_table(att: Any) -> Any:
+    if att is None or not {"cost", "roas"} <= set(att.columns) or att["cost"].isna().all():
+        return None
+    cols = [c for c in ("model", "touchpoint", "cost", "conversions", "cost_per_conversion", "value", "roas") if c in att]
+    return att[cols]
