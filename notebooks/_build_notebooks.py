@@ -340,7 +340,8 @@ if att is None or not len(att):
 else:
     show = report.attribution_models(att, models or (params.get("attribution") or {}).get("models"))
     fig, ax = plots.new_ax(9, 0.45 * show["touchpoint"].nunique() + 2)
-    plots.model_comparison(show, ax=ax, title="Share of conversions credited to each touchpoint")
+    chart = show[show["model"].isin(["last", "linear", "position_based", "markov_1", "shapley", "hazard"])]
+    plots.model_comparison(chart if len(chart) else show, ax=ax, title="Share of conversions credited to each touchpoint (main models; all in the table)")
     report.figure(fig)
     report.table(report.attribution_wide(show), {c: report.fmt_pct for c in report.attribution_wide(show).columns if c != "touchpoint"})
 """),

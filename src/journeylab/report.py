@@ -177,7 +177,8 @@ def _failure_message(name: str, exc: Any, executed: Path, failed_nb: Path) -> st
     try:
         import nbformat
         nb = nbformat.read(str(executed), as_version=4)
-        code = [c for c in nb.cells if c.cell_type == "code"]
+        code = [c for c in nb.cells if c.cell_type == "code"
+                and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]  # numbering of the source notebook
         for i, c in enumerate(code, start=1):
             if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
                 cell_no, first_line = i, (c.source.strip().splitlines() or [""])[0][:80]
@@ -293,10 +294,11 @@ def write_index(out_dir: str | os.PathLike) -> Path:
     for f in sorted(out.glob("*.html")):
         if f.name == "index.html":
             continue
-        m = re.search(r'<meta name="journeylab-report" content="([^"]*)"', f.read_text(encoding="utf-8"))
+        tag = re.search(r'<meta\b[^>]*name="journeylab-report"[^>]*>', f.read_text(encoding="utf-8"))
+        m = re.search(r"""content=(?:"([^"]*)"|'([^']*)')""", tag.group(0)) if tag else None
         if not m:
             continue
-        meta = json.loads(html_lib.unescape(m.group(1)))
+        meta = json.loads(html_lib.unescape(m.group(1) or m.group(2)))
         rows.append((f.name, meta))
     order = {n: i for i, n in enumerate(TITLES)}
     rows.sort(key=lambda r: (order.get(r[1].get("name"), 99), r[0]))
@@ -720,7 +722,11 @@ def attribution_summary(m: dict | None, att: Any) -> list[str]:
         sub = d[d["model"] == model]
         if len(sub):
             top = sub.sort_values("share", ascending=False).iloc[0]
-            ci = _ci(top.get("ci_low"), top.get("ci_high"), fmt_pct) if "ci_low" in sub else ""
+            ci = ""
+            if "ci_low" in sub and top.get("ci_low") == top.get("ci_low"):
+                total = float(sub["conversions"].sum()) if "conversions" in sub else 0.0
+                scale = 1 / total if (top.get("ci_high", 0) > 1 and total > 0) else 1.0  # CIs in conversions
+                ci = _ci(top["ci_low"] * scale, top["ci_high"] * scale, fmt_pct)
             out.append(f"The {model.replace('_', ' order ')} model gives the most credit to {top['touchpoint']}: "
                        f"{fmt_pct(top['share'])} of conversions{ci}.")
             break
