@@ -120,7 +120,7 @@ DEFAULT_MODEL: dict[str, Any] = {
     "campaigns": {"brand": 0.3, "seasonal_sale": 0.2, "retargeting": 0.2, "none": 0.3},
     "lost_event_share": 0.7,
     "post_purchase": {
-        "rates": {"newsletter": 0.20, "website": 0.08, "email": 0.05, "offer": 0.01,
+        "rates": {"newsletter": 0.35, "website": 0.08, "email": 0.02, "offer": 0.01,
                   "support": 0.012, "complaint": 0.004},
         "support_satisfaction_slope": -0.6,
         "complaint_satisfaction_slope": -1.0,
@@ -129,10 +129,10 @@ DEFAULT_MODEL: dict[str, Any] = {
         "contractual_repeat_rate": 0.004,
         "contractual_hazard_multiplier": 0.8,
         "billing_every_days": 30,
-        "nps_first_day": 14, "nps_every_days": 60, "nps_response": 0.8,
-        "nps_mean": 7.0, "nps_slope": 2.0, "nps_noise": 0.5,
+        "nps_first_day": 7, "nps_every_days": 30, "nps_response": 0.8,
+        "nps_mean": 7.0, "nps_slope": 2.0, "nps_noise": 0.3,
         "csat_prob": 0.6, "csat_mean": 3.5, "csat_slope": 1.0, "csat_noise": 0.4,
-        "drivers": {"satisfaction": -0.9, "complaints_90d": 0.5, "recency_30d": 0.10},
+        "drivers": {"satisfaction": -1.2, "complaints_90d": 0.6, "recency_30d": 0.10},
         "recency_cap_days": 360,
     },
 }
