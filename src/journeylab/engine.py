@@ -361,13 +361,13 @@ def transitions(events: ibis.Table, /, **opts: Any) -> ibis.Table:
             state = ibis.ifelse(lag.isnull(), "", lag + STATE_SEP) + state
         s = pt.mutate(state=state)
         s = s.filter((s.pos >= k - 1) | ((s.n < k) & (s.pos == s.n - 1)))
+        last = s.filter(s.pos == s.n - 1)   # last state (before collapsing repeats)
         ws = ibis.window(group_by=[s.customer_id, s.journey_index], order_by=s.pos)
         s = s.mutate(_prev=s.state.lag().over(ws))
         s = s.filter(s._prev.isnull() | (s._prev != s.state))
         ws2 = ibis.window(group_by=[s.customer_id, s.journey_index], order_by=s.pos)
         s = s.mutate(_from=ibis.coalesce(s.state.lag().over(ws2), START))
         inner = s.select("journey_type", state_from=s._from, state_to=s.state)
-        last = s.filter(s.pos == s.n - 1)
         term = last.select("journey_type", state_from=last.state,
                            state_to=ibis.ifelse(last.converted, CONVERSION, NULL))
         empty = jl.anti_join(pt, ["customer_id", "journey_index"])  # journeys without path touches
