@@ -303,6 +303,7 @@ def test_folder_of_mixed_files_and_parquet_row_numbers(project_factory, tmp_path
         5: "unparseable_timestamp", 7: "duplicate", 8: "missing_customer_id"}
     assert quar.set_index("event_id").loc[8, "source_file"] == "data/raw/exports/b.parquet"
     assert quar.set_index("event_id").loc[8, "source_row"] == 3
+    assert ev["event_id"].tolist() == [0, 1, 2, 3, 4, 6, 9]          # raw order kept across files
     p = ev.set_index("event_id")
     assert p.loc[9, "ts"] == _ts("2024-03-01 11:00") and p.loc[9, "kind"] == "touch"   # no event column mapped
 
@@ -339,7 +340,8 @@ def _simulator_available() -> bool:
 @pytest.mark.skipif(not _simulator_available(), reason="journeylab.simulate not there yet")
 def test_simulate_then_ingest_matches_injected_dirty_rows(project_factory):
     from journeylab import simulate
-    params = project_factory(**{"simulate.n_customers": 500, "simulate.dirty_fraction": 0.02})
+    params = project_factory(**{"simulate.n_customers": 500, "simulate.dirty_fraction": 0.02,
+                                "simulate.truth_mc_leads": 2000, "simulate.oracle_replicates": 2})  # truth precision irrelevant here
     simulate.run_stage(params)
     root = Path(params["_root"])
     truth = json.loads((root / "data/raw/truth.json").read_text())

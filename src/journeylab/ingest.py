@@ -53,6 +53,7 @@ OPTIONAL_COLUMNS = ("event", "value", "score", "survey", "stage")
 DELIMITER_CANDIDATES = (",", ";", "\t", "|")
 _UTF8 = {"utf-8", "utf8", "utf-8-sig", "utf_8", "utf_8_sig"}
 _CHUNK = 1 << 22  # 4 MiB transcoding chunks
+MAX_CASE_MAP = 5000  # distinct raw touchpoints up to which the mapping is an order-preserving CASE
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,6 +188,7 @@ def _connect(params: dict, workdir: Path):
         cfg["threads"] = int(backend["threads"])
     con = ibis.duckdb.connect(str(workdir / "ingest.duckdb"), **cfg)
     con.raw_sql("SET TimeZone='UTC'")
+    con.raw_sql("SET enable_progress_bar=false")
     return con
 
 
@@ -398,8 +400,17 @@ def _values_table(con, name: str, columns: list[tuple[str, str]], rows: list[tup
         _sql(con, f"INSERT INTO {name} VALUES {vals}")
 
 
-def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, params: dict) -> None:
-    """Create table ``checked``: parsed canonical columns + event_id + file index + reason(s)."""
+def _case_map(expr: str, pairs: list[tuple], cast: str = "VARCHAR") -> str:
+    """``CASE expr WHEN k THEN v ... END`` (NULL when no pair)."""
+    whens = " ".join(f"WHEN {_lit(k)} THEN {'NULL' if v is None else (str(v).upper() if isinstance(v, bool) else _lit(v))}"
+                     for k, v in pairs if k is not None)
+    return f"CAST(CASE {expr} {whens} END AS {cast})" if whens else f"CAST(NULL AS {cast})"
+
+
+def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, params: dict) -> bool:
+    """Create temp table ``checked``: parsed canonical columns + event_id + file index + reason(s).
+
+    Returns True when the table is not in event_id order (outputs must be sorted)."""
     ing = params.get("ingest", {}) or {}
     win = params.get("window", {}) or {}
     tz = str(ing.get("timezone") or "UTC")
@@ -424,11 +435,12 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
                   [(normalize_touchpoint(k), normalize_touchpoint(v)) for k, v in aliases.items()])
 
     sel = {}
-    sel["customer_id"] = f"nullif(trim(CAST({_q(mapping['customer_id'])} AS VARCHAR)), '')"
+    sel["customer_id"] = f"nullif(trim(CAST({_q(mapping['customer_id'])} AS VARCHAR)), '')"  # ids stay strings
     ts_raw = _q(mapping["ts"])
-    sel["_ts_missing"] = f"({ts_raw} IS NULL OR trim(CAST({ts_raw} AS VARCHAR)) = '')"
+    sel["_ts_missing"] = (f"({ts_raw} IS NULL OR trim({ts_raw}) = '')" if types[mapping["ts"]] == "VARCHAR"
+                          else f"({ts_raw} IS NULL)")
     sel["ts"] = _ts_sql(mapping["ts"], types[mapping["ts"]], tz, formats)
-    sel["_tp_norm"] = _norm_sql(_q(mapping["touchpoint"]))
+    sel["_tp_norm"] = "m._m_norm"
     if "event" in mapping:
         ev = f"lower(trim(CAST({_q(mapping['event'])} AS VARCHAR)))"
         rules = ing.get("kind_rules", {}) or {}
@@ -442,8 +454,9 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
             sel[canon], sel[f"_{canon}_bad"] = _num_sql(mapping[canon], types[mapping[canon]], decimal)
         else:
             sel[canon], sel[f"_{canon}_bad"] = "CAST(NULL AS DOUBLE)", "false"
-    sel["survey"] = _norm_sql(_q(mapping["survey"])) if "survey" in mapping else "CAST(NULL AS VARCHAR)"
-    sel["stage"] = _norm_sql(_q(mapping["stage"])) if "stage" in mapping else "CAST(NULL AS VARCHAR)"
+    lower = "nullif(lower(trim(CAST({} AS VARCHAR))), '')"
+    sel["survey"] = lower.format(_q(mapping["survey"])) if "survey" in mapping else "CAST(NULL AS VARCHAR)"
+    sel["stage"] = lower.format(_q(mapping["stage"])) if "stage" in mapping else "CAST(NULL AS VARCHAR)"
     for name, col in extras.items():
         sel[f"x_{name}"] = f"CAST({_q(col)} AS VARCHAR)"
     kind_late = sel["_kind"] is None
@@ -460,17 +473,16 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
     outside = "(" + " OR ".join(conds) + ")" if conds else "false"
     scales = ing.get("score_scales", {}) or {}
     default_scale = ing.get("default_score_scale")
-    scale_whens = " ".join(f"WHEN p.survey = {_lit(normalize_touchpoint(k))} THEN (p.score < {float(v[0])} OR "
+    scale_whens = " ".join(f"WHEN p.survey = {_lit(str(k).strip().lower())} THEN (p.score < {float(v[0])} OR "
                            f"p.score > {float(v[1])})" for k, v in scales.items())
     default_check = (f"(p.score < {float(default_scale[0])} OR p.score > {float(default_scale[1])})"
                      if default_scale else "false")
     out_of_scale = (f"(p.score IS NOT NULL AND CASE {scale_whens} WHEN p.survey IS NULL THEN {default_check} "
                     f"ELSE false END)") if scale_whens else f"(p.score IS NOT NULL AND p.survey IS NULL AND {default_check})"
-    scale_known = " OR ".join([f"p.survey = {_lit(normalize_touchpoint(k))}" for k in scales]
+    scale_known = " OR ".join([f"p.survey = {_lit(str(k).strip().lower())}" for k in scales]
                               + (["p.survey IS NULL"] if default_scale else []))
-    unknown = "(p._tp_norm IS NOT NULL AND t.touchpoint IS NULL)"
+    unknown = "(p._tp_norm IS NOT NULL AND NOT p._tp_known)"
     checks = [
-        ("duplicate", "p._jl_dup > 1"),
         ("missing_customer_id", "p.customer_id IS NULL"),
         ("missing_timestamp", "p._ts_missing"),
         ("unparseable_timestamp", "(NOT p._ts_missing AND p.ts IS NULL)"),
@@ -483,30 +495,68 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
         ("score_out_of_scale", out_of_scale),
     ]
     reason = "CASE " + " ".join(f"WHEN {c} THEN {_lit(r)}" for r, c in checks) + " END"
-    reasons = "nullif(concat_ws(',', " + ", ".join(f"CASE WHEN {c} THEN {_lit(r)} END" for r, c in checks) + "), '')"
+    reasons = ("CASE WHEN reason IS NOT NULL THEN concat_ws(',', "   # reason: lateral alias (DuckDB)
+               + ", ".join(f"CASE WHEN {c} THEN {_lit(r)} END" for r, c in checks) + ") END")
     extra_out = "".join(f", p.{_q('x_' + n)} AS {_q(n)}" for n in extras)
     kind_expr = ("CASE WHEN p.score IS NOT NULL THEN 'survey' WHEN p.value > 0 THEN 'conversion' ELSE 'touch' END"
                  if kind_late else "p._kind")
+    # duplicates: candidate groups by a 64-bit hash, then exact comparison of the raw values within them
+    dup_hash = f"hash({dup_cols})"
     _sql(con, f"""
-        CREATE OR REPLACE TABLE checked AS
+        CREATE OR REPLACE TEMP TABLE jl_dups AS
+        SELECT _jl_event_id AS _d_id FROM (
+            SELECT _jl_event_id, row_number() OVER (PARTITION BY {dup_cols} ORDER BY _jl_event_id) AS rn
+            FROM ({raw_sql}) WHERE {dup_hash} IN (
+                SELECT h FROM (SELECT {dup_hash} AS h FROM ({raw_sql})) GROUP BY h HAVING count(*) > 1))
+        WHERE rn > 1""")
+    # touchpoints: normalise each distinct raw value once, then aliases and taxonomy
+    tp_raw = f"CAST({_q(mapping['touchpoint'])} AS VARCHAR)"
+    _sql(con, f"""
+        CREATE OR REPLACE TEMP TABLE jl_tp AS
+        SELECT d.v AS _m_v, d.n AS _m_norm, t.touchpoint AS _m_tp, t.phase AS _m_phase,
+               t.channel_group AS _m_group, t.paid AS _m_paid, t.touchpoint IS NOT NULL AS _m_known
+        FROM (SELECT v, {_norm_sql('v')} AS n FROM (SELECT DISTINCT {tp_raw} AS v FROM ({raw_sql}))) d
+        LEFT JOIN jl_aliases al ON d.n = al.alias
+        LEFT JOIN jl_taxonomy t ON coalesce(al.touchpoint, d.n) = t.touchpoint""")
+    # Small touchpoint vocabularies become CASE expressions (a projection keeps the raw row order, so the
+    # outputs need no sort); large ones are joined and the outputs sorted by event_id.
+    tp_map = _fetch(con, f"SELECT _m_v, _m_norm, _m_tp FROM jl_tp WHERE _m_v IS NOT NULL LIMIT {MAX_CASE_MAP + 1}")
+    if len(tp_map) <= MAX_CASE_MAP:
+        norm_case = _case_map(tp_raw, [(v, n) for v, n, _ in tp_map])
+        tp_case = _case_map(tp_raw, [(v, t) for v, _, t in tp_map if t is not None])
+        tax = {normalize_touchpoint(k): (v or {}) for k, v in taxonomy.items()}
+        tp_cols = (f"{norm_case} AS _tp_norm_m, {tp_case} AS _tp, "
+                   f"{_case_map('_tp', [(k, v.get('phase')) for k, v in tax.items()])} AS _phase, "
+                   f"{_case_map('_tp', [(k, v.get('group')) for k, v in tax.items()])} AS _group, "
+                   f"{_case_map('_tp', [(k, v.get('paid')) for k, v in tax.items()], 'BOOLEAN')} AS _paid, "
+                   f"_tp IS NOT NULL AS _tp_known")
+        joins, needs_sort = "", False
+        first = first.replace("m._m_norm AS", "_tp_norm_m AS")
+    else:
+        tp_cols = ("m._m_tp AS _tp, m._m_phase AS _phase, m._m_group AS _group, m._m_paid AS _paid, "
+                   "coalesce(m._m_known, false) AS _tp_known")
+        joins, needs_sort = f"LEFT JOIN jl_tp m ON {tp_raw} = m._m_v", True
+    _sql(con, f"""
+        CREATE OR REPLACE TEMP TABLE checked AS
         WITH p AS (
-            SELECT _jl_event_id, _jl_file, {first}{kind_first},
-                   row_number() OVER (PARTITION BY {dup_cols} ORDER BY _jl_event_id) AS _jl_dup
-            FROM ({raw_sql})
-        ), a AS (
-            SELECT p.*, coalesce(al.touchpoint, p._tp_norm) AS _tp FROM p LEFT JOIN jl_aliases al ON p._tp_norm = al.alias
+            SELECT _jl_event_id, _jl_file, {tp_cols}, {first}{kind_first}
+            FROM ({raw_sql}) r {joins}
         )
         SELECT p.customer_id, CAST(p.ts AS TIMESTAMPTZ) AS ts,
-               CASE WHEN t.touchpoint IS NULL THEN {_lit(OTHER_TOUCHPOINT)} ELSE t.touchpoint END AS touchpoint,
+               coalesce(p._tp, {_lit(OTHER_TOUCHPOINT)}) AS touchpoint,
                {kind_expr} AS kind, p.value, p.score, p.survey, p.stage,
-               coalesce(t.phase, {_lit(UNKNOWN_PHASE)}) AS phase,
-               coalesce(t.channel_group, {_lit(OTHER_TOUCHPOINT)}) AS channel_group, t.paid,
+               coalesce(p._phase, {_lit(UNKNOWN_PHASE)}) AS phase,
+               coalesce(p._group, {_lit(OTHER_TOUCHPOINT)}) AS channel_group, p._paid AS paid,
                p._jl_event_id AS event_id{extra_out},
                p._jl_file AS _file, {reason} AS reason, {reasons} AS reasons,
                CASE WHEN {unknown} THEN p._tp_norm END AS _unknown_tp,
                (p.score IS NOT NULL AND NOT ({scale_known or 'false'})) AS _score_unchecked
-        FROM a AS p LEFT JOIN jl_taxonomy t ON p._tp = t.touchpoint
+        FROM p
     """)
+    # duplicates: an in-place UPDATE keeps the row order
+    _sql(con, """UPDATE checked SET reason = 'duplicate', reasons = 'duplicate' || coalesce(',' || reasons, '')
+                 WHERE event_id IN (SELECT _d_id FROM jl_dups)""")
+    return needs_sort
 
 
 # --------------------------------------------------------------------------- main entry points
@@ -540,9 +590,11 @@ def ingest(params: dict, input_spec: Any = None, out: dict[str, Path] | None = N
 
 def _run(con, files, spec, params, out, workdir, raise_if_all_quarantined) -> dict:
     raw_sql, infos = _stage_files(con, files, params, workdir)
+    _sql(con, f"CREATE OR REPLACE TEMP VIEW jl_raw AS {raw_sql}")
+    raw_sql = "SELECT * FROM jl_raw"
     mapping, extras, missing_opt, missing_extra, available = _mapping(con, raw_sql, infos, params)
     types = _columns_of(con, raw_sql)
-    _build_checked(con, raw_sql, mapping, extras, types, params)
+    needs_sort = _build_checked(con, raw_sql, mapping, extras, types, params)
 
     rows_read = sum(i["rows"] for i in infos)
     (n_checked, n_clean, n_dup, n_quar, customers, ts_min, ts_max, n_other, n_unchecked) = _fetch(con, """
@@ -594,7 +646,7 @@ def _run(con, files, spec, params, out, workdir, raise_if_all_quarantined) -> di
     }
     if ts_min is None:
         metrics["ts_min_note"] = metrics["ts_max_note"] = "no clean rows"
-    _write_outputs(con, raw_sql, infos, extras, out)
+    _write_outputs(con, raw_sql, infos, extras, out, needs_sort)
     mpath = Path(out["metrics"])
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -608,14 +660,14 @@ def _run(con, files, spec, params, out, workdir, raise_if_all_quarantined) -> di
     return metrics
 
 
-def _write_outputs(con, raw_sql: str, infos: list[dict], extras: dict, out: dict) -> None:
+def _write_outputs(con, raw_sql: str, infos: list[dict], extras: dict, out: dict, needs_sort: bool) -> None:
     events, quarantine = Path(out["events"]), Path(out["quarantine"])
     for p in (events, quarantine):
         p.parent.mkdir(parents=True, exist_ok=True)
     extra_cols = "".join(f", {_q(n)}" for n in extras)
     tmp_e, tmp_q = events.with_suffix(".parquet.tmp"), quarantine.with_suffix(".parquet.tmp")
     _sql(con, f"""COPY (SELECT customer_id, ts, touchpoint, kind, value, score, survey, stage, phase, channel_group,
-                        paid, event_id{extra_cols} FROM checked WHERE reason IS NULL ORDER BY event_id)
+                        paid, event_id{extra_cols} FROM checked WHERE reason IS NULL{' ORDER BY event_id' if needs_sort else ''})
                   TO {_lit(str(tmp_e))} (FORMAT parquet, COMPRESSION zstd)""")
     raw_cols = _columns_of(con, raw_sql)
     added = {"reason", "reasons", "event_id", "source_file", "source_row"}
