@@ -41,7 +41,7 @@ def _clean(events: pd.DataFrame) -> pd.DataFrame:
 def test_run_stage_byte_reproducible_and_schema(project_factory):
     hashes = []
     for seed in (5, 5, 6):
-        params = project_factory(**{"simulate.n_customers": 600, "simulate.seed": seed, "simulate.truth_mc_leads": 2000})
+        params = project_factory(**{"simulate.n_customers": 300, "simulate.seed": seed, "simulate.truth_mc_leads": 2000})
         metrics = sm.run_stage(params)
         root = params["_root"]
         hashes.append((sm.file_sha256(f"{root}/data/raw/events.parquet"),
@@ -63,8 +63,8 @@ def test_run_stage_byte_reproducible_and_schema(project_factory):
 
 def test_chunking_does_not_change_the_log():
     p = _params(**{"simulate.truth_mc_leads": 1000})
-    one, t1 = sm.simulate_events(p, n_customers=900, seed=9, chunk_customers=900)
-    many, t2 = sm.simulate_events(p, n_customers=900, seed=9, chunk_customers=170)
+    one, t1 = sm.simulate_events(p, n_customers=300, seed=9, chunk_customers=300)
+    many, t2 = sm.simulate_events(p, n_customers=300, seed=9, chunk_customers=140)
     pd.testing.assert_frame_equal(one, many)
     assert t1["incremental_conversions"] == t2["incremental_conversions"]
     assert t1["churn"] == t2["churn"]
