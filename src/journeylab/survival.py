@@ -147,8 +147,14 @@ def kaplan_meier(counts: pd.DataFrame, event: str = "converted", alpha: float = 
         hi = np.exp(-np.exp(np.log(-v) + z * np.sqrt(gw) / v))
     lo = np.where(np.isfinite(lo), lo, np.where(s <= 0, 0.0, 1.0))
     hi = np.where(np.isfinite(hi), hi, np.where(s <= 0, 0.0, 1.0))
-    return pd.DataFrame({"time": counts["time"].to_numpy(float), "at_risk": n, "events": d, "survival": s,
-                         "greenwood": gw, "ci_low": lo, "ci_high": hi})
+    out = pd.DataFrame({"time": counts["time"].to_numpy(float), "at_risk": n, "events": d, "survival": s,
+                        "greenwood": gw, "ci_low": lo, "ci_high": hi})
+    return out[_has_exits(counts)].reset_index(drop=True)
+
+
+def _has_exits(counts: pd.DataFrame) -> np.ndarray:
+    """Rows of counts where someone leaves (entry-only times carry no step)."""
+    return ((counts["n_converted"] + counts["n_lost"] + counts["n_censored"]) > 0).to_numpy()
 
 
 def _weighted_sq_dev_cumsum(f: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -199,7 +205,7 @@ def aalen_johansen(counts: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         out[f"cif_{name}"] = f
         out[f"ci_low_{name}"] = lo
         out[f"ci_high_{name}"] = hi
-    return out
+    return out[_has_exits(counts)].reset_index(drop=True)
 
 
 def step_at(times: np.ndarray, values: np.ndarray, t: float, initial: float) -> float:
@@ -476,12 +482,13 @@ def aggregate_event_counts(table, group_cols: Sequence[str] = (), resolution: fl
 
 
 def aggregate_person_time(exposure, covariates: Sequence[str], breaks: Sequence[float], cap: int | None = None,
-                          event_code: int = CONVERTED) -> pd.DataFrame:
+                          event_code: int = CONVERTED, by: Sequence[str] = ()) -> pd.DataFrame:
     """Person-time and events per (baseline interval x capped covariate pattern), in the engine.
 
     Each exposure row (start, stop] is split across the intervals [b_j, b_{j+1}); person-time is the
     overlap (days); an event counts in the interval holding ``stop``. Covariates are capped at ``cap``.
-    Returns ``interval, *covariates, person_time, events``.
+    ``by``: extra categorical columns kept as keys (adjustment, e.g. segment).
+    Returns ``interval, *by, *covariates, person_time, events``.
     """
     import ibis
     b = list(breaks)
@@ -492,13 +499,14 @@ def aggregate_person_time(exposure, covariates: Sequence[str], breaks: Sequence[
     e = exposure
     cols = {c: (ibis.least(e[c], cap) if cap is not None else e[c]).cast("int64") for c in covariates}
     e = e.select(start=e.start.cast("float64"), stop=e.stop.cast("float64"),
-                 ev=(e.event.cast("int64") == event_code).cast("float64"), **cols)
+                 ev=(e.event.cast("int64") == event_code).cast("float64"),
+                 **{c: e[c].cast("string").fill_null("(missing)") for c in by}, **cols)
     j = e.join(bt, [(e.stop > bt.b_lo) | ((e.stop == 0) & (bt.b_lo == 0)), e.start < bt.b_hi])
     pt = (ibis.least(j.stop, j.b_hi) - ibis.greatest(j.start, j.b_lo))
     j = j.mutate(pt=ibis.greatest(pt, 0.0),
                  d=ibis.ifelse((j.stop > j.b_lo) & (j.stop <= j.b_hi) | ((j.stop == 0) & (j.b_lo == 0)), j.ev, 0.0))
-    agg = j.group_by(["interval", *covariates]).aggregate(person_time=j.pt.sum(), events=j.d.sum())
-    return agg.to_pandas().sort_values(["interval", *covariates]).reset_index(drop=True)
+    agg = j.group_by(["interval", *by, *covariates]).aggregate(person_time=j.pt.sum(), events=j.d.sum())
+    return agg.to_pandas().sort_values(["interval", *by, *covariates]).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -585,6 +593,110 @@ class PiecewiseExponentialFitter:
 # touchpoint hazard ratios (time-varying Cox or PWE)
 # --------------------------------------------------------------------------------------
 
+class CountingProcessCox:
+    """Cox partial likelihood on start/stop rows (late entry, time-varying covariates), Efron ties.
+
+    Same estimator as lifelines' CoxTimeVaryingFitter (tested to 1e-6) but vectorised: risk-set sums
+    at event times are suffix sums over rows sorted by stop minus rows sorted by start, and the
+    Hessian is X' diag(w g) X with a per-row weight g (O(n p^2) per Newton step).
+    A row is at risk at event time t iff start < t <= stop. ``penalizer``: ridge lambda/2 |beta|^2.
+    Fitted: ``params_, se_, summary_, log_likelihood_, converged_, n_iter_``.
+    """
+
+    def __init__(self, penalizer: float = 0.0, alpha: float = 0.05, max_iter: int = 50, tol: float = 1e-9):
+        self.penalizer, self.alpha, self.max_iter, self.tol = penalizer, alpha, max_iter, tol
+
+    def fit(self, start, stop, event, X: pd.DataFrame) -> "CountingProcessCox":
+        start = np.asarray(start, float)
+        stop = np.asarray(stop, float)
+        ev = np.asarray(event).astype(bool)
+        names = list(X.columns)
+        Xv = X.to_numpy(float)
+        if ev.sum() == 0:
+            raise ModelError("Cox model: no events")
+        mean = Xv.mean(0)
+        Xc = Xv - mean                      # centring for numerical stability (does not change beta)
+        tj, dj = np.unique(stop[ev], return_counts=True)
+        # event-time index of each event row
+        jev = np.searchsorted(tj, stop[ev])
+        o_stop = np.argsort(stop, kind="stable")
+        o_start = np.argsort(start, kind="stable")
+        s_stop, s_start = stop[o_stop], start[o_start]
+        i_stop = np.searchsorted(s_stop, tj, side="left")     # rows with stop >= t: suffix from here
+        i_start = np.searchsorted(s_start, tj, side="left")   # rows with start >= t: suffix from here
+        Xe = Xc[ev]
+        sum_x_events = Xe.sum(0)
+        lmax = int(dj.max())
+        # (event time j, tie index l) pairs for Efron
+        jj = np.repeat(np.arange(len(tj)), dj)
+        ll_idx = np.concatenate([np.arange(d) for d in dj]) if len(dj) else np.zeros(0, int)
+        phi = ll_idx / np.repeat(dj, dj)
+        p = Xc.shape[1]
+        pen = self.penalizer
+
+        def suffix(a, order, idx):
+            cs = np.concatenate([np.cumsum(a[order][::-1], axis=0)[::-1], np.zeros((1,) + a.shape[1:])])
+            return cs[idx]
+
+        def evaluate(beta, need_hess=True):
+            eta = Xc @ beta
+            w = np.exp(eta)
+            S0 = suffix(w, o_stop, i_stop) - suffix(w, o_start, i_start)
+            wx = Xc * w[:, None]
+            S1 = suffix(wx, o_stop, i_stop) - suffix(wx, o_start, i_start)
+            we = w[ev]
+            E0 = np.bincount(jev, we, minlength=len(tj))
+            E1 = np.zeros((len(tj), p))
+            np.add.at(E1, jev, Xe * we[:, None])
+            den = S0[jj] - phi * E0[jj]
+            num = S1[jj] - phi[:, None] * E1[jj]
+            loglik = float(eta[ev].sum() - np.log(den).sum() - 0.5 * pen * beta @ beta)
+            grad = sum_x_events - (num / den[:, None]).sum(0) - pen * beta
+            if not need_hess:
+                return loglik, grad, None
+            c = np.bincount(jj, 1.0 / den, minlength=len(tj))           # sum_l 1/den
+            cphi = np.bincount(jj, phi / den, minlength=len(tj))        # sum_l phi/den
+            C = np.r_[0.0, np.cumsum(c)]
+            # g_i = sum_{j: start_i < t_j <= stop_i} c_j
+            g = C[np.searchsorted(tj, stop, side="right")] - C[np.searchsorted(tj, start, side="right")]
+            H2 = (Xc * (w * g)[:, None]).T @ Xc - (Xe * (we * cphi[jev])[:, None]).T @ Xe
+            H1 = (num / den[:, None]).T @ (num / den[:, None])
+            info = H2 - H1 + pen * np.eye(p)
+            return loglik, grad, info
+
+        beta = np.zeros(p)
+        ll, grad, info = evaluate(beta)
+        self.converged_ = False
+        for it in range(1, self.max_iter + 1):
+            try:
+                step = np.linalg.solve(info, grad)
+            except np.linalg.LinAlgError:
+                step = np.linalg.lstsq(info, grad, rcond=None)[0]
+            t = 1.0
+            while True:
+                new = beta + t * step
+                ll_new, g_new, i_new = evaluate(new)
+                if (np.isfinite(ll_new) and ll_new >= ll - 1e-10) or t < 1e-8:
+                    break
+                t /= 2
+            dll = ll_new - ll
+            beta, ll, grad, info = new, ll_new, g_new, i_new
+            if abs(dll) < self.tol * (1 + abs(ll)) and np.max(np.abs(t * step)) < 1e-7:
+                self.converged_ = True
+                break
+        self.n_iter_ = it
+        cov = np.linalg.pinv(info)
+        se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        self.params_ = pd.Series(beta, index=names, name="log_hr")
+        self.se_ = pd.Series(se, index=names, name="se")
+        self.log_likelihood_ = ll
+        z = stats.norm.ppf(1 - self.alpha / 2)
+        self.summary_ = pd.DataFrame({"log_hr": self.params_, "se": self.se_, "hr": np.exp(self.params_),
+                                      "ci_low": np.exp(self.params_ - z * self.se_),
+                                      "ci_high": np.exp(self.params_ + z * self.se_)})
+        return self
+
+
 def exposure_covariates(exposure: pd.DataFrame | Any) -> list[str]:
     """The ``cum_<tp>`` columns of an exposure table (pandas or Ibis)."""
     return [c for c in exposure.columns if str(c).startswith("cum_")]
@@ -632,9 +744,14 @@ class TouchpointHazards:
         self.method, self.penalizer, self.alpha = method, penalizer, alpha
         self.breaks, self.cap = list(breaks), cap
 
-    def fit(self, exposure, covariates: Sequence[str] | None = None) -> "TouchpointHazards":
-        """``exposure``: pandas (cox_time_varying or piecewise_exponential) or Ibis table (pwe)."""
+    def fit(self, exposure, covariates: Sequence[str] | None = None, adjust: Sequence[str] = ()) -> "TouchpointHazards":
+        """``exposure``: pandas (cox_time_varying or piecewise_exponential) or Ibis table (pwe).
+
+        ``adjust``: categorical columns (e.g. segment) entered as dummies so touchpoint HRs are
+        adjusted for them; their coefficients are in ``adjust_summary_``, not in ``summary_``.
+        """
         self.notes_: list[str] = []
+        self.adjust = [a for a in adjust if a in exposure.columns]
         covs = list(covariates) if covariates is not None else exposure_covariates(exposure)
         self.dropped_: dict[str, str] = {}
         if isinstance(exposure, pd.DataFrame):
@@ -651,6 +768,8 @@ class TouchpointHazards:
         else:
             raise ValueError(f"unknown method {self.method!r}")
         res = res.copy()
+        self.adjust_summary_ = res.loc[[i for i in res.index if i not in covs]]
+        res = res.loc[[i for i in res.index if i in covs]]
         res.index.name = "covariate"
         res = res.reset_index()
         res.insert(0, "touchpoint", res["covariate"].str.replace("^cum_", "", regex=True))
@@ -659,46 +778,45 @@ class TouchpointHazards:
         return self
 
     def _fit_ctv(self, exposure: pd.DataFrame, covs: list[str]) -> pd.DataFrame:
-        from lifelines import CoxTimeVaryingFitter
-        from lifelines.exceptions import ConvergenceError
-        d = exposure[["journey_id", "start", "stop", "event", *covs]].copy()
-        zero = d["stop"] <= d["start"]
+        d = exposure
+        zero = (d["stop"] <= d["start"]).to_numpy()
         if zero.any():
             self.notes_.append(f"{int(zero.sum())} zero-length exposure intervals (events at the entry instant) "
                                "cannot enter a partial likelihood and were left out")
             d = d[~zero]
-        d["converted"] = (d["event"] == CONVERTED).astype(int)
-        d = d.drop(columns="event")
+        X = d[covs].astype(float)
+        if self.adjust:
+            A, _ = design_matrix(d, self.adjust)
+            X = pd.concat([X, A], axis=1)
         for pen in dict.fromkeys([self.penalizer, max(self.penalizer, 0.1), 1.0]):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    m = CoxTimeVaryingFitter(penalizer=pen, alpha=self.alpha).fit(
-                        d, id_col="journey_id", event_col="converted", start_col="start", stop_col="stop",
-                        show_progress=False)
-                s = m.summary
-                if (s["coef"].abs() > 10).any() or not np.isfinite(s["se(coef)"]).all():
-                    raise ConvergenceError("coefficients diverge (near-separation)")
-                if pen != self.penalizer:
-                    self.notes_.append(f"unpenalised fit did not converge; ridge penalizer {pen} applied (estimates shrunk)")
-                self.penalizer_ = pen
-                self.model_ = m
-                z = stats.norm.ppf(1 - self.alpha / 2)
-                return pd.DataFrame({"log_hr": s["coef"], "se": s["se(coef)"], "hr": np.exp(s["coef"]),
-                                     "ci_low": np.exp(s["coef"] - z * s["se(coef)"]),
-                                     "ci_high": np.exp(s["coef"] + z * s["se(coef)"])})
-            except (ConvergenceError, np.linalg.LinAlgError, ValueError) as exc:
-                self.notes_.append(f"time-varying Cox with penalizer {pen} failed: {str(exc).splitlines()[0][:200]}")
-        raise ModelError("time-varying Cox did not converge even with a ridge penalty: " + "; ".join(self.notes_))
+            m = CountingProcessCox(penalizer=pen, alpha=self.alpha).fit(
+                d["start"], d["stop"], d["event"] == CONVERTED, X)
+            if m.converged_ and (m.params_.abs() < 10).all() and np.isfinite(m.se_).all():
+                break
+            self.notes_.append(f"time-varying Cox with penalizer {pen} did not converge "
+                               f"(diverging coefficients: {list(m.params_.index[m.params_.abs() >= 10])})")
+        else:
+            raise ModelError("time-varying Cox did not converge even with a ridge penalty: " + "; ".join(self.notes_))
+        if pen != self.penalizer:
+            self.notes_.append(f"ridge penalizer {pen} applied (estimates shrunk towards 0)")
+        self.penalizer_ = pen
+        self.model_ = m
+        return m.summary_
 
     def _fit_pwe(self, exposure, covs: list[str]) -> pd.DataFrame:
         if isinstance(exposure, pd.DataFrame):
             import ibis
-            exposure = ibis.memtable(exposure[["start", "stop", "event", *covs]])
-        self.person_time_ = aggregate_person_time(exposure, covs, self.breaks, self.cap)
+            exposure = ibis.memtable(exposure[["start", "stop", "event", *self.adjust, *covs]])
+        self.person_time_ = aggregate_person_time(exposure, covs, self.breaks, self.cap, by=self.adjust)
+        pt = self.person_time_
+        allcovs = list(covs)
+        if self.adjust:
+            A, _ = design_matrix(pt, self.adjust)
+            pt = pd.concat([pt, A], axis=1)
+            allcovs += list(A.columns)
         pen = self.penalizer
         for pen in dict.fromkeys([self.penalizer, max(self.penalizer, 0.1), 1.0]):
-            m = PiecewiseExponentialFitter(penalizer=pen, alpha=self.alpha).fit(self.person_time_, covs)
+            m = PiecewiseExponentialFitter(penalizer=pen, alpha=self.alpha).fit(pt, allcovs)
             if m.converged_ and (m.params_.abs() < 10).all():
                 break
             self.notes_.append(f"piecewise-exponential fit with penalizer {pen} did not converge "
@@ -792,8 +910,8 @@ def fit_cox(df: pd.DataFrame, X: pd.DataFrame, penalizer: float = 0.0, duration_
     d = X.copy()
     d["_T"] = df[duration_col].to_numpy(float)
     d["_E"] = (df["event"].to_numpy() == CONVERTED).astype(int)
-    if entry_col:
-        d["_entry"] = df[entry_col].to_numpy(float)
+    if entry_col:   # lifelines needs entry < duration; an entry at the exit instant is moved 1e-9 d earlier
+        d["_entry"] = np.minimum(df[entry_col].to_numpy(float), d["_T"].to_numpy() - 1e-9)
     notes: list[str] = []
     if d["_E"].sum() == 0:
         raise ModelError("Cox model: no conversions, so no hazard ratios can be estimated")
@@ -806,7 +924,7 @@ def fit_cox(df: pd.DataFrame, X: pd.DataFrame, penalizer: float = 0.0, duration_
                 raise ConvergenceError("coefficients diverge (a level seen only in converting or only in "
                                        "non-converting journeys: separation)")
             break
-        except (ConvergenceError, np.linalg.LinAlgError) as exc:
+        except (ConvergenceError, np.linalg.LinAlgError, ValueError) as exc:
             notes.append(f"Cox fit with penalizer {pen} failed: {str(exc).splitlines()[0][:200]}")
     else:
         raise ModelError("Cox model did not converge: " + "; ".join(notes))
@@ -817,7 +935,12 @@ def fit_cox(df: pd.DataFrame, X: pd.DataFrame, penalizer: float = 0.0, duration_
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t = proportional_hazard_test(m, d, time_transform="rank")
+                if entry_col:   # lifelines has no Schoenfeld residuals with late entry: check on entry-0 journeys
+                    d0 = d[d["_entry"] <= 0].drop(columns="_entry")
+                    m0 = CoxPHFitter(penalizer=pen).fit(d0, "_T", "_E")
+                    t = proportional_hazard_test(m0, d0, time_transform="rank")
+                else:
+                    t = proportional_hazard_test(m, d, time_transform="rank")
             p = t.summary["p"]
             viol = p[p < 0.01].index.tolist()
             check = {"p_values": {str(k[0] if isinstance(k, tuple) else k): float(v) for k, v in p.items()},
@@ -848,7 +971,7 @@ def compare_aft(df: pd.DataFrame, X: pd.DataFrame, duration_col: str = "duration
     d["_T"] = np.maximum(t, 1e-6)
     d["_E"] = (df["event"].to_numpy() == CONVERTED).astype(int)
     if entry_col:
-        d["_entry"] = np.minimum(df[entry_col].to_numpy(float), d["_T"] * (1 - 1e-9))
+        d["_entry"] = np.minimum(df[entry_col].to_numpy(float), d["_T"].to_numpy() * (1 - 1e-6))
     aic, models = {}, {}
     for name, cls in (("weibull", WeibullAFTFitter), ("log_normal", LogNormalAFTFitter),
                       ("log_logistic", LogLogisticAFTFitter)):
@@ -998,7 +1121,7 @@ def run_stage(params: dict) -> dict:
     n_rows = int(st.count().to_pyarrow().as_py())
     path = "exact" if n_rows <= exact_max else "aggregated"
     m: dict[str, Any] = {"journey_type": jt, "fitting_path": path,
-                         "fitting_path_note": (f"{n_rows} journeys <= survival.exact_max_rows={exact_max}: exact lifelines fits"
+                         "fitting_path_note": (f"{n_rows} journeys <= survival.exact_max_rows={exact_max}: exact fits (lifelines Cox/AFT, exact counting-process Cox for touchpoints)"
                                                if path == "exact" else
                                                f"{n_rows} journeys > survival.exact_max_rows={exact_max}: KM/AJ from "
                                                "engine-aggregated counts, touchpoint hazard ratios from a "
@@ -1060,20 +1183,21 @@ def run_stage(params: dict) -> dict:
         if jt not in (None, "all") and "journey_type" in ex.columns:
             ex = ex.filter(ex.journey_type == jt)
         covs = exposure_covariates(ex)
+        adjust = list(sp.get("hazard_adjust_for", ["segment"]))
         pwe_kwargs = dict(breaks=sp.get("pwe_breaks_days", [0, 1, 3, 7, 14, 30, 60, 90, 180, 365]),
                           cap=sp.get("pwe_max_count", 10))
         try:
             if path == "exact":
                 exp_df = ex.to_pandas()
-                th = TouchpointHazards("cox_time_varying", penalizer, alpha).fit(exp_df, covs)
+                th = TouchpointHazards("cox_time_varying", penalizer, alpha).fit(exp_df, covs, adjust)
                 try:
                     pwe = TouchpointHazards("piecewise_exponential", penalizer, alpha, **pwe_kwargs).fit(
-                        exp_df, th.summary_["touchpoint"].map(lambda t: f"cum_{t}").tolist())
+                        exp_df, th.summary_["touchpoint"].map(lambda t: f"cum_{t}").tolist(), adjust)
                     m["hazard_ratios_pwe"] = pwe.summary_.set_index("touchpoint").drop(columns="model").to_dict("index")
                 except JourneylabError as exc:
                     m["hazard_ratios_pwe_note"] = str(exc)
             else:
-                th = TouchpointHazards("piecewise_exponential", penalizer, alpha, **pwe_kwargs).fit(ex, covs)
+                th = TouchpointHazards("piecewise_exponential", penalizer, alpha, **pwe_kwargs).fit(ex, covs, adjust)
             hr_table = th.summary_
             m["hazard_ratios"] = hr_table.set_index("touchpoint").drop(columns="model").to_dict("index")
             m["hazard_ratio_model"] = th.method
@@ -1228,3 +1352,8 @@ def synthetic_tables(n: int, seed: int = 0, log_hr: dict[str, float] | None = No
     ex["segment"] = seg[ex["row"].to_numpy()]
     ex = ex.drop(columns="row").sort_values(["customer_id", "start"]).reset_index(drop=True)
     return surv, ex
+
+
+def summary_json(curves: ConversionCurves) -> dict:
+    """JSON-safe summary of fitted curves (NaN/inf -> None)."""
+    return _clean_json(curves.summary())
