@@ -181,7 +181,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 class _Hash:
     """Counter-based uniforms ``u(customer, stream, k)`` in (0, 1), keyed by the seed.
 
-    u = mix(mix(ck + stream*G2 + k*G3)) with the customer key ck = mix(customer*G1 ^ seedkey)."""
+    u = mix(ck + stream*G2 + k*G3) with the customer key ck = mix(customer*G1 ^ seedkey)."""
 
     def __init__(self, seed: int):
         self.key = _mix(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _G1)[0]
@@ -194,7 +194,7 @@ class _Hash:
         """Uniforms from precomputed customer keys ``ck``."""
         with np.errstate(over="ignore"):
             h = ck + (np.asarray(k).astype(np.uint64) * _G3 + np.uint64(stream) * _G2)
-        h = _mix(_mix(h))
+        h = _mix(h)  # SplitMix64 output function over a Weyl-type counter
         return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
 
     def u(self, cust, stream: int, k=0) -> np.ndarray:
@@ -399,7 +399,7 @@ class _Setup:
         H = int(get(params, "churn.horizon_days", 90))
         self.H = H
         self.inactivity = int(get(params, "churn.inactivity_days", 90))
-        self.K = int(get(params, "simulate.oracle_replicates", 32))
+        self.K = int(get(params, "simulate.oracle_replicates", 16))
         cut = list(get(params, "churn.train_cutoffs", []) or []) + [get(params, "churn.eval_cutoff", None)]
         self.cutoffs = []  # (label, day index)
         for c in dict.fromkeys([c for c in cut if c]):
@@ -544,9 +544,14 @@ def _post_purchase(S: _Setup, ev: _Events, cust, ic, cseg, sat, tconv, ptp_code,
           "conv_day": conv_day, "last_event_day": last_event_day, "last_purchase": last_purchase,
           "p_complaint": p_complaint, "p_purchase": p_purchase, "log_q0": log_q0, "ck": ck, "ic": ic}
 
+    base_sat = base * np.exp(sat_term)
+    comp_tab = np.exp(drv["complaints_90d"] * np.arange(400))  # complaints_90d is a small count
+
     def hazard(idx, d, c90, lastp):
+        """P(dissolve on day d | alive at its start) = 1 - exp(-h_d)."""
         rec = np.minimum(d - lastp, cap) * (drv["recency_30d"] / 30.0)
-        return 1.0 - np.exp(-base[idx] * np.exp(sat_term[idx] + drv["complaints_90d"] * c90 + rec))
+        c = np.minimum(np.asarray(c90, dtype=np.int64), 399)
+        return -np.expm1(-base_sat[idx] * comp_tab[c] * np.exp(rec))
 
     st["hazard"] = hazard
     first_day = int(conv_day.min()) + 1 if nc else W
