@@ -693,8 +693,23 @@ class CountingProcessCox:
         z = stats.norm.ppf(1 - self.alpha / 2)
         self.summary_ = pd.DataFrame({"log_hr": self.params_, "se": self.se_, "hr": np.exp(self.params_),
                                       "ci_low": np.exp(self.params_ - z * self.se_),
-                                      "ci_high": np.exp(self.params_ + z * self.se_)})
+                                      "ci_high": np.exp(self.params_ + z * self.se_),
+                                      "p": 2 * stats.norm.sf(np.abs(self.params_ / self.se_.replace(0, np.nan)))})
+        # Breslow baseline cumulative hazard at x = 0 (uncentred): H0(t) = sum_{t_j <= t} d_j / S0_j
+        w = np.exp(Xc @ beta)
+        S0 = suffix(w, o_stop, i_stop) - suffix(w, o_start, i_start)
+        self.baseline_cumulative_hazard_ = pd.Series(np.cumsum(dj / S0) * np.exp(-mean @ beta), index=tj)
         return self
+
+    def predict_partial_hazard(self, X: pd.DataFrame) -> np.ndarray:
+        """exp(x'beta) per row."""
+        return np.exp(X[self.params_.index].to_numpy(float) @ self.params_.to_numpy())
+
+    def predict_survival_function(self, X: pd.DataFrame, times: Sequence[float]) -> np.ndarray:
+        """S(t | x) = exp(-H0(t) exp(x'beta)); array (n_rows, n_times)."""
+        H0 = self.baseline_cumulative_hazard_
+        h = np.array([step_at(H0.index.to_numpy(), H0.to_numpy(), t, 0.0) for t in times])
+        return np.exp(-np.outer(self.predict_partial_hazard(X), h))
 
 
 def exposure_covariates(exposure: pd.DataFrame | Any) -> list[str]:
@@ -898,61 +913,60 @@ class CoxResult:
 
 
 def fit_cox(df: pd.DataFrame, X: pd.DataFrame, penalizer: float = 0.0, duration_col: str = "duration_days",
-            entry_col: str | None = "entry_days", ph_check: bool = True) -> CoxResult:
-    """lifelines CoxPHFitter (Efron ties, late entry via ``entry_col``) on conversion (lost censored).
+            entry_col: str | None = "entry_days", ph_check: bool = True, ph_max_rows: int = 5000,
+            seed: int = 0) -> CoxResult:
+    """Cox PH on journey covariates, conversion = event (lost censored), Efron ties, late entry.
 
-    Retries with a ridge penalty when the unpenalised fit does not converge. ``ph_check``: Schoenfeld
-    residual test (lifelines proportional_hazard_test, rank time) summarised in plain words.
+    Fitted as a counting process (entry, duration] by :class:`CountingProcessCox` (the same Efron
+    estimator as lifelines, whose late-entry Cox is ~100x slower). Retries with a ridge penalty when
+    the unpenalised fit diverges. ``ph_check``: lifelines' Schoenfeld-residual test (rank time) on
+    journeys without late entry (at most ``ph_max_rows``), summarised in plain words.
     """
-    from lifelines import CoxPHFitter
-    from lifelines.exceptions import ConvergenceError
-    from lifelines.statistics import proportional_hazard_test
-    d = X.copy()
-    d["_T"] = df[duration_col].to_numpy(float)
-    d["_E"] = (df["event"].to_numpy() == CONVERTED).astype(int)
-    if entry_col:   # lifelines needs entry < duration; an entry at the exit instant is moved 1e-9 d earlier
-        d["_entry"] = np.minimum(df[entry_col].to_numpy(float), d["_T"].to_numpy() - 1e-9)
+    T = df[duration_col].to_numpy(float)
+    E = df["event"].to_numpy() == CONVERTED
+    entry = df[entry_col].to_numpy(float) if entry_col and entry_col in df else np.zeros_like(T)
+    start = np.minimum(entry, T) - 1e-9        # at risk iff entry <= t <= duration
     notes: list[str] = []
-    if d["_E"].sum() == 0:
+    if E.sum() == 0:
         raise ModelError("Cox model: no conversions, so no hazard ratios can be estimated")
-    for pen in dict.fromkeys([penalizer, max(penalizer, 0.1)]):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                m = CoxPHFitter(penalizer=pen).fit(d, "_T", "_E", entry_col="_entry" if entry_col else None)
-            if (m.params_.abs() > 10).any():
-                raise ConvergenceError("coefficients diverge (a level seen only in converting or only in "
-                                       "non-converting journeys: separation)")
+    if X.shape[1] == 0:
+        raise ModelError("Cox model: no covariate varies (a single group): nothing to estimate")
+    for pen in dict.fromkeys([penalizer, max(penalizer, 0.1), 1.0]):
+        m = CountingProcessCox(penalizer=pen).fit(start, T, E, X)
+        if m.converged_ and (m.params_.abs() < 10).all():
             break
-        except (ConvergenceError, np.linalg.LinAlgError, ValueError) as exc:
-            notes.append(f"Cox fit with penalizer {pen} failed: {str(exc).splitlines()[0][:200]}")
+        notes.append(f"Cox fit with penalizer {pen} did not converge (diverging: "
+                     f"{list(m.params_.index[m.params_.abs() >= 10])}; a level seen only in converting or only in "
+                     "non-converting journeys causes this)")
     else:
         raise ModelError("Cox model did not converge: " + "; ".join(notes))
     if pen != penalizer:
         notes.append(f"ridge penalizer {pen} applied")
     check: dict[str, Any] = {}
-    if ph_check and X.shape[1]:
+    if ph_check:
         try:
+            from lifelines import CoxPHFitter
+            from lifelines.statistics import proportional_hazard_test
+            d0 = X.assign(_T=T, _E=E.astype(int))[entry <= 0]
+            if len(d0) > ph_max_rows:
+                d0 = d0.sample(ph_max_rows, random_state=seed)
+            d0 = d0.loc[:, (d0.std() > 0) | d0.columns.isin(["_T", "_E"])]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if entry_col:   # lifelines has no Schoenfeld residuals with late entry: check on entry-0 journeys
-                    d0 = d[d["_entry"] <= 0].drop(columns="_entry")
-                    m0 = CoxPHFitter(penalizer=pen).fit(d0, "_T", "_E")
-                    t = proportional_hazard_test(m0, d0, time_transform="rank")
-                else:
-                    t = proportional_hazard_test(m, d, time_transform="rank")
+                m0 = CoxPHFitter(penalizer=pen).fit(d0, "_T", "_E")
+                t = proportional_hazard_test(m0, d0, time_transform="rank")
             p = t.summary["p"]
             viol = p[p < 0.01].index.tolist()
             check = {"p_values": {str(k[0] if isinstance(k, tuple) else k): float(v) for k, v in p.items()},
-                     "violations": [str(v[0] if isinstance(v, tuple) else v) for v in viol]}
+                     "violations": [str(v[0] if isinstance(v, tuple) else v) for v in viol], "n": int(len(d0))}
             check["text"] = ("The proportional-hazards assumption looks reasonable: no covariate's effect changes "
                              "detectably over journey time (Schoenfeld residual test, all p >= 0.01)."
                              if not viol else
                              "The effect of " + ", ".join(check["violations"]) + " changes over journey time "
                              "(Schoenfeld residual test p < 0.01): read its hazard ratio as an average over time.")
         except Exception as exc:  # the check is descriptive; never block the stage on it
-            check = {"text": f"proportional-hazards check not available: {exc}"}
-    return CoxResult(m, m.summary, check, notes)
+            check = {"text": f"proportional-hazards check not available: {str(exc)[:200]}"}
+    return CoxResult(m, m.summary_, check, notes)
 
 
 def compare_aft(df: pd.DataFrame, X: pd.DataFrame, duration_col: str = "duration_days",
@@ -1007,7 +1021,7 @@ def evaluate_holdout(train: pd.DataFrame, test: pd.DataFrame, X_train: pd.DataFr
         return out
     res = fit_cox(train, X_train, penalizer=penalizer, ph_check=False)
     X_test = X_test.reindex(columns=X_train.columns, fill_value=0.0)
-    risk = res.model.predict_partial_hazard(X_test).to_numpy().ravel()
+    risk = res.model.predict_partial_hazard(X_test)
     t_test = test["duration_days"].to_numpy(float)
     t_train = train["duration_days"].to_numpy(float)
     out["c_index"]["harrell"] = float(concordance_index_censored(e_test, t_test, risk)[0])
@@ -1024,7 +1038,7 @@ def evaluate_holdout(train: pd.DataFrame, test: pd.DataFrame, X_train: pd.DataFr
         ev_t = t_test[keep][e_test[keep]]
         grid = np.unique(np.quantile(ev_t, np.linspace(0.1, 0.8, 15)))
         grid = grid[(grid > t_test[keep].min()) & (grid < t_test[keep].max())]
-        sf = res.model.predict_survival_function(X_test[keep], times=grid).to_numpy().T
+        sf = res.model.predict_survival_function(X_test[keep], grid)
         out["integrated_brier"] = float(integrated_brier_score(y_train, y_test, sf, grid))
         out["integrated_brier_times_days"] = [float(grid[0]), float(grid[-1])]
     except Exception as exc:
@@ -1229,9 +1243,7 @@ def run_stage(params: dict) -> dict:
         try:
             cox = fit_cox(df, X, penalizer)
             s = cox.summary
-            m["cox"] = {str(k): {"log_hr": float(r["coef"]), "se": float(r["se(coef)"]), "hr": float(r["exp(coef)"]),
-                                 "ci_low": float(r["exp(coef) lower 95%"]), "ci_high": float(r["exp(coef) upper 95%"]),
-                                 "p": float(r["p"])} for k, r in s.iterrows()}
+            m["cox"] = s.to_dict("index")
             m["ph_check"] = cox.ph_check.get("text")
             m["ph_check_detail"] = cox.ph_check
             if cox.notes:
@@ -1239,7 +1251,11 @@ def run_stage(params: dict) -> dict:
         except JourneylabError as exc:
             m["cox"], m["cox_note"] = None, str(exc)
         try:
-            aft = compare_aft(df, X, penalizer=penalizer)
+            aft_max = int(sp.get("aft_max_rows", 20000))
+            sub = df.sample(aft_max, random_state=int(sp.get("seed", 0))) if len(df) > aft_max else df
+            aft = compare_aft(sub, X.loc[sub.index], penalizer=penalizer)
+            if len(sub) < len(df):
+                m["aft_sample_rows"] = int(len(sub))
             mod = aft["model"]
             q = {}
             for pct in (0.25, 0.5, 0.75):
