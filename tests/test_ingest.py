@@ -254,6 +254,7 @@ def _save(params):
     ("column", "dirty.csv", {"ingest.columns.ts": "event_time"},
      ["dirty.csv", "'event_time'", "ingest.columns.ts", "Columns found: customer_id, timestamp, touchpoint"]),
     ("encoding", "cp1251.csv", {}, ["cp1251.csv", "utf-8", "cp1251", "latin-1", "utf-8-sig"]),
+    ("malformed line", "malformed.csv", {}, ["malformed.csv", "line 4", "Expected Number of Columns: 3 Found: 4"]),
     ("all quarantined", "dirty.csv", {"window.start": "2030-01-01", "window.end": "2031-01-01"},
      ["dirty.csv", "all 19 rows were quarantined", "outside_window 13, missing_customer_id 2", "window.start"]),
 ])

@@ -222,11 +222,12 @@ def _stage_files(con, files: list[Path], params: dict, workdir: Path) -> tuple[s
                 src = workdir / f"utf8_{i}.csv"
                 transcode_to_utf8(f, src, encoding)
             staged = workdir / f"stage_{i}.parquet"
-            reader = f"read_csv({_lit(str(src))}, all_varchar=true, delim={_lit(delim)}, header={str(header).lower()})"
+            reader = _csv_reader(src, delim, header)
             try:
                 _sql(con, f"COPY (SELECT * FROM {reader}) TO {_lit(str(staged))} (FORMAT parquet, COMPRESSION zstd)")
             except Exception as exc:  # duckdb errors
-                raise InputError(_csv_error_message(f, exc, delim, encoding)) from None
+                hint = _delimiter_message(f, params, len(_csv_header(src, delim, header)), force=True)
+                raise InputError(hint or _csv_error_message(f, exc, delim, encoding)) from None
             pq = staged
         else:
             pq = f
@@ -257,6 +258,33 @@ def _stage_files(con, files: list[Path], params: dict, workdir: Path) -> tuple[s
     return f"SELECT * EXCLUDE (file_row_number) FROM ({union})", infos
 
 
+def _csv_header(path: Path, delim: str, header: bool) -> list[str]:
+    """Column names from the first line (``header``) or ``column0..`` (DuckDB's names, zero-padded)."""
+    import csv as _csv
+    line = _first_line(path, "utf-8")
+    fields = next(_csv.reader([line], delimiter=delim), []) if line else []
+    if not header:
+        width = len(str(max(len(fields) - 1, 0)))
+        return [f"column{str(i).zfill(width)}" for i in range(len(fields))]
+    names, seen = [], {}
+    for i, f in enumerate(fields):
+        name = f.strip() or f"column{i}"
+        if name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        seen.setdefault(name, 0)
+        names.append(name)
+    return names
+
+
+def _csv_reader(path: Path, delim: str, header: bool) -> str:
+    """DuckDB read_csv with no sniffing (the sniffer may skip rows): all columns VARCHAR, strict."""
+    names = _csv_header(path, delim, header)
+    cols = "{" + ", ".join(f"{_lit(n)}: 'VARCHAR'" for n in names) + "}"
+    return (f"read_csv({_lit(str(path))}, columns={cols}, auto_detect=false, delim={_lit(delim)}, quote='\"', "
+            f"escape='\"', header={str(header).lower()}, skip=0, strict_mode=true, null_padding=false)")
+
+
 def _first_sentence(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -264,15 +292,18 @@ def _first_sentence(exc: Exception) -> str:
 
 def _csv_error_message(path: Path, exc: Exception, delim: str, encoding: str) -> str:
     text = str(exc)
-    if "unicode" in text.lower() or "utf-8" in text.lower() and "encod" in text.lower():
+    if "invalid unicode" in text.lower():
         m = re.search(r"Line: (\d+)", text)
         return _encoding_message(path, encoding, f"a byte sequence on line {m.group(1) if m else '?'}")
     m = re.search(r"CSV Error on Line: (\d+)", text)
     line = f" on line {m.group(1)}" if m else ""
-    detail = text.splitlines()[0] if text else type(exc).__name__
-    for ln in text.splitlines():
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    detail = lines[0] if lines else type(exc).__name__
+    if "sniffing" in detail.lower():
+        detail += " " + (lines[1] if len(lines) > 1 else "")
+    for ln in lines:
         if "Expected Number of Columns" in ln or "Original Line" in ln:
-            detail += " " + ln.strip()
+            detail += "; " + ln
     return (f"{path}: the CSV file cannot be read{line} with delimiter {delim!r} (ingest.csv.delimiter) "
             f"({detail}). Fix the line (e.g. unbalanced quotes or a different number of fields than the header), or "
             f"set ingest.csv.delimiter / ingest.csv.header to match the file.")
@@ -292,32 +323,35 @@ def _match_column(wanted: str, available: dict[str, str]) -> str | None:
     return low.get(str(wanted).strip().lower())
 
 
-def _check_delimiter(infos: list[dict], available: dict[str, str], params: dict, force: bool = False) -> None:
-    """Raise a wrong-delimiter InputError when the header looks split on another delimiter.
+def _delimiter_message(path: Path, params: dict, n_columns: int | None, force: bool = False) -> str | None:
+    """A wrong-delimiter message when the header line looks split on another delimiter, else None.
 
-    Checked when the file was read as one single column, or (``force``) when a required column is missing."""
-    ing = params.get("ingest", {}) or {}
-    csv = ing.get("csv", {}) or {}
+    ``force``: also when the header holds the configured delimiter fewer times than another one."""
+    csv = (params.get("ingest", {}) or {}).get("csv", {}) or {}
     delim = str(csv.get("delimiter", ",") or ",")
+    line = _first_line(path, str(csv.get("encoding", "utf-8")))
+    counts = {d: line.count(d) for d in DELIMITER_CANDIDATES if d != delim}
+    likely = max(counts, key=counts.get) if counts else None
+    single = line.count(delim) == 0
+    if not likely or counts[likely] == 0 or not (single or (force and counts[likely] > line.count(delim))):
+        return None
+    hint = (f"The header contains {likely!r} {counts[likely]} times, so the file is probably {likely!r}-delimited: "
+            f"set ingest.csv.delimiter: {likely!r} in params.yaml"
+            + (" (and ingest.csv.decimal: ',' if numbers use a decimal comma)." if likely == ";" else "."))
+    split = f"split into {n_columns} column(s)" if n_columns else "not split"
+    return (f"{path}: the header line ({line[:80]!r}) was {split} with the delimiter {delim!r} "
+            f"(ingest.csv.delimiter), so the fields cannot be read. {hint}")
+
+
+def _check_delimiter(infos: list[dict], available: dict[str, str], params: dict, force: bool = False) -> None:
+    """Raise the wrong-delimiter InputError for a CSV read as one column (or, ``force``, missing columns)."""
     if len(available) != 1 and not force:
         return
     for info in infos:
-        if info["format"] != "csv" or not info["rows"]:
-            continue
-        line = _first_line(info["path"], str(csv.get("encoding", "utf-8")))
-        counts = {d: line.count(d) for d in DELIMITER_CANDIDATES if d != delim}
-        likely = max(counts, key=counts.get) if counts else None
-        if not likely or counts[likely] <= line.count(delim):
-            if len(available) != 1:
-                continue
-            hint = "Set ingest.csv.delimiter in params.yaml to the character that separates the fields."
-        else:
-            hint = (f"The header contains {likely!r} {counts[likely]} times, so the file is probably "
-                    f"{likely!r}-delimited: set ingest.csv.delimiter: {likely!r} in params.yaml"
-                    + (" (and ingest.csv.decimal: ',' if numbers use a decimal comma)." if likely == ";" else "."))
-        raise InputError(f"{info['path']}: the header line ({line[:80]!r}) was split into {len(available)} column(s) "
-                         f"with the delimiter {delim!r} (ingest.csv.delimiter), so the mapped columns cannot be found. "
-                         f"{hint}")
+        if info["format"] == "csv" and info["rows"]:
+            msg = _delimiter_message(info["path"], params, len(available), force)
+            if msg:
+                raise InputError(msg)
 
 
 def _mapping(con, raw_sql: str, infos: list[dict], params: dict) -> tuple[dict, dict, list, list, dict]:
@@ -442,11 +476,17 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
     sel["ts"] = _ts_sql(mapping["ts"], types[mapping["ts"]], tz, formats)
     sel["_tp_norm"] = "m._m_norm"
     if "event" in mapping:
-        ev = f"lower(trim(CAST({_q(mapping['event'])} AS VARCHAR)))"
-        rules = ing.get("kind_rules", {}) or {}
-        whens = " ".join(f"WHEN {ev} IN ({', '.join(_lit(str(v).strip().lower()) for v in vals)}) THEN {_lit(kind)}"
-                         for kind, vals in rules.items() if vals)
-        sel["_kind"] = f"CASE {whens} ELSE 'touch' END" if whens else "'touch'"
+        rules = {str(v).strip().lower(): kind for kind, vals in reversed(list((ing.get("kind_rules") or {}).items()))
+                 for v in (vals or [])}   # first kind listed wins when a value appears twice
+        ev_raw = f"CAST({_q(mapping['event'])} AS VARCHAR)"
+        values = [r[0] for r in _fetch(con, f"SELECT DISTINCT {ev_raw} FROM ({raw_sql}) LIMIT {MAX_CASE_MAP + 1}")]
+        if len(values) <= MAX_CASE_MAP:   # map each distinct raw value once (cheaper than lower/trim per row)
+            pairs = [(v, rules[v.strip().lower()]) for v in values if v is not None and v.strip().lower() in rules]
+            sel["_kind"] = f"coalesce({_case_map(ev_raw, pairs)}, 'touch')"
+        else:
+            ev = f"lower(trim({ev_raw}))"
+            whens = " ".join(f"WHEN {ev} = {_lit(v)} THEN {_lit(k)}" for v, k in rules.items())
+            sel["_kind"] = f"CASE {whens} ELSE 'touch' END" if whens else "'touch'"
     else:
         sel["_kind"] = None  # inferred below from score / value
     for canon in ("value", "score"):
