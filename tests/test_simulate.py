@@ -218,3 +218,24 @@ def test_satisfaction_drives_surveys_and_complaints(sim):
 def test_unknown_channel_in_model_is_a_config_error():
     with pytest.raises(ConfigError, match="tiktok"):
         sm.model_from_params(_params(**{"simulate.model": {"channels": {"tiktok": {"rate": 0.1, "beta": 0.1, "arrival_share": 0}}}}))
+
+
+def test_truth_churn_population_and_labels_follow_the_engine_definitions(sim):
+    """Recompute, from the events alone, the engine's active population and label at the eval cutoff."""
+    ev, truth, tc = sim
+    clean = _clean(ev)
+    c = pd.Timestamp(truth["churn"]["eval_cutoff"], tz="UTC")
+    H, inact = pd.Timedelta(days=truth["churn"]["horizon_days"]), pd.Timedelta(days=truth["churn"]["inactivity_days"])
+    before, after = clean[clean.timestamp < c], clean[(clean.timestamp >= c) & (clean.timestamp < c + H)]
+    g = before.groupby("customer_id")
+    buyer = g.event_type.apply(lambda s: (s == "purchase").any())
+    cancelled = g.event_type.apply(lambda s: s.isin(["cancellation", "lead_lost"]).any())
+    recent = g.timestamp.max() >= c - inact
+    active = buyer & ~cancelled & recent
+    expected = set(active[active].index)
+    got = tc[tc.cutoff == c].set_index("customer_id")
+    assert set(got.index) == expected
+    any_after = after.groupby("customer_id").size()
+    cancel_after = after[after.event_type == "cancellation"].groupby("customer_id").size()
+    label = ~got.index.isin(any_after.index) | got.index.isin(cancel_after.index)
+    assert (got.label.to_numpy() == label).all()
