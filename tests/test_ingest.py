@@ -43,9 +43,19 @@ def _ts(s: str) -> pd.Timestamp:
 
 # ----------------------------------------------------------------------------- dirty.csv: every reason
 
+@pytest.fixture(scope="module")
+def dirty_run(tmp_path_factory):
+    """dirty.csv through ingest once for the tests of this section: (params, metrics, events, quarantine)."""
+    from conftest import make_project
+    params = make_project(tmp_path_factory.mktemp("dirty"))
+    shutil.copy(DATA / "dirty.csv", Path(params["_root"]) / "data/raw/dirty.csv")
+    params["ingest"]["input"] = "data/raw/dirty.csv"
+    return (params, *_run(params))
+
+
 @pytest.fixture
-def dirty(project_factory):
-    return _run(_project(project_factory, "dirty.csv"))
+def dirty(dirty_run):
+    return dirty_run[1:]
 
 
 def test_each_quarantine_reason_and_accounting(dirty):
@@ -101,22 +111,16 @@ def test_clean_values_schema_and_kind_rules(dirty):
     assert ev.loc[0, "segment"] == "smb" and ev.loc[0, "campaign"] == "spring" and pd.isna(ev.loc[7, "campaign"])
 
 
-def test_output_dtypes(dirty):
-    _, ev, _ = dirty
-    assert str(ev["ts"].dtype) == "datetime64[us, UTC]"
-    assert ev["event_id"].dtype == "int64" and ev["value"].dtype == "float64" and ev["score"].dtype == "float64"
-    assert ev["paid"].dtype == bool
-
-
-def test_parquet_schema_on_disk(project_factory):
-    params = _project(project_factory, "dirty.csv")
-    ingest.run_stage(params)
+def test_parquet_schema_on_disk(dirty_run):
+    params, _, ev, _ = dirty_run
+    assert str(ev["ts"].dtype) == "datetime64[us, UTC]" and ev["paid"].dtype == bool
     root = Path(params["_root"])
     s = pq.read_schema(root / "data/clean/events.parquet")
     assert s.field("ts").type == pa.timestamp("us", tz="UTC")
     for col in ("customer_id", "touchpoint", "kind", "survey", "stage", "phase", "channel_group", "segment"):
         assert s.field(col).type == pa.string(), col
     assert s.field("paid").type == pa.bool_() and s.field("event_id").type == pa.int64()
+    assert s.field("value").type == pa.float64() and s.field("score").type == pa.float64()
     assert s.names[:12] == ["customer_id", "ts", "touchpoint", "kind", "value", "score", "survey", "stage",
                             "phase", "channel_group", "paid", "event_id"]
     qs = pq.read_schema(root / "data/clean/quarantine.parquet")
@@ -254,6 +258,8 @@ def _save(params):
     ("column", "dirty.csv", {"ingest.columns.ts": "event_time"},
      ["dirty.csv", "'event_time'", "ingest.columns.ts", "Columns found: customer_id, timestamp, touchpoint"]),
     ("encoding", "cp1251.csv", {}, ["cp1251.csv", "utf-8", "cp1251", "latin-1", "utf-8-sig"]),
+    ("not parquet", "not_parquet.parquet", {}, ["not_parquet.parquet", "not a readable Parquet file",
+                                                "ingest.format: csv"]),
     ("malformed line", "malformed.csv", {}, ["malformed.csv", "line 4", "Expected Number of Columns: 3 Found: 4"]),
     ("all quarantined", "dirty.csv", {"window.start": "2030-01-01", "window.end": "2031-01-01"},
      ["dirty.csv", "all 19 rows were quarantined", "outside_window 13, missing_customer_id 2", "window.start"]),
@@ -269,16 +275,12 @@ def test_file_level_errors(project_factory, capsys, case, file, overrides, expec
     assert "\n" not in msg.strip()                       # one paragraph
     code, err = _cli(params, capsys, "ingest")
     assert code == 2 and "Traceback" not in err and expected[0] in err
-
-
-def test_all_quarantined_still_writes_accounting(project_factory):
-    params = _project(project_factory, "dirty.csv", **{"window.start": "2030-01-01", "window.end": "2031-01-01"})
-    with pytest.raises(InputError):
-        ingest.run_stage(params)
-    root = Path(params["_root"])
-    dq = json.loads((root / "metrics/data_quality.json").read_text())
-    assert (dq["rows_clean"], dq["rows_quarantined"], dq["rows_duplicate"]) == (0, 17, 2)
-    assert len(pd.read_parquet(root / "data/clean/quarantine.parquet")) == 19
+    if case == "all quarantined":   # the accounting is still written (and no stale clean events survive)
+        root = Path(params["_root"])
+        dq = json.loads((root / "metrics/data_quality.json").read_text())
+        assert (dq["rows_clean"], dq["rows_quarantined"], dq["rows_duplicate"]) == (0, 17, 2)
+        assert len(pd.read_parquet(root / "data/clean/quarantine.parquet")) == 19
+        assert len(pd.read_parquet(root / "data/clean/events.parquet")) == 0
 
 
 # ----------------------------------------------------------------------------- several files, parquet input
