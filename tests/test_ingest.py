@@ -236,6 +236,18 @@ def test_utf8_bom_semicolon_decimal_comma(project_factory):
     assert m["optional_columns_missing"] == ["score (score)", "survey (survey)", "stage (stage)"]
 
 
+def test_transcoding_names_the_bad_byte(tmp_path):
+    src = tmp_path / "export.csv"
+    src.write_bytes("id,канал\n1,сайт\n".encode("cp1251") + b"2,\x98\n")   # 0x98 is undefined in cp1251
+    with pytest.raises(InputError) as info:
+        ingest.transcode_to_utf8(src, tmp_path / "out.csv", "cp1251")
+    msg = str(info.value)
+    assert "export.csv" in msg and "cp1251" in msg and "0x98" in msg and "line 3" in msg and "latin-1" in msg
+    src.write_bytes("id,канал\n1,сайт\n".encode("cp1251"))
+    ingest.transcode_to_utf8(src, tmp_path / "out.csv", "cp1251")
+    assert (tmp_path / "out.csv").read_text(encoding="utf-8") == "id,канал\n1,сайт\n"
+
+
 # ----------------------------------------------------------------------------- file-level errors
 
 def _cli(params, capsys, *args) -> tuple[int, str]:

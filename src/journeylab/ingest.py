@@ -92,6 +92,8 @@ def _display(path: Path, params: dict) -> str:
 def _file_format(path: Path, fmt: str) -> str:
     if fmt in ("csv", "parquet"):
         return fmt
+    if fmt != "auto":
+        raise InputError(f"params.yaml: ingest.format is '{fmt}'; use auto (by file extension), csv or parquet.")
     name = path.name.lower()
     if name.endswith(PARQUET_EXTENSIONS):
         return "parquet"
