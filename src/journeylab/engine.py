@@ -137,7 +137,8 @@ def _epoch(value: str) -> float:
 
 def _secs(ts):
     """Seconds since 1970 as float64 (millisecond precision) from a timestamp column."""
-    return ts.epoch_seconds().cast("float64") + ts.millisecond().cast("float64") / 1000.0
+    whole = ts.epoch_seconds().cast("float64").floor().cast("float64")  # DuckDB's epoch has a fraction
+    return whole + ts.millisecond().cast("float64") / 1000.0
 
 
 def attribute_columns(events: ibis.Table) -> list[str]:
