@@ -225,6 +225,10 @@ def model_from_params(params: dict) -> dict:
         if taxonomy and tp not in taxonomy:
             raise ConfigError(f"params.yaml: simulate.model.channels has '{tp}', which is not in "
                               f"ingest.taxonomy. Use one of {sorted(taxonomy)} or add it to the taxonomy.")
+        missing = [k for k in ("rate", "beta", "arrival_share") if not isinstance(model["channels"][tp].get(k), (int, float))]
+        if missing:
+            raise ConfigError(f"params.yaml: simulate.model.channels.{tp} needs numeric {', '.join(missing)} "
+                              f"(touches per day, log hazard ratio per touch, share of arrivals).")
     return model
 
 
