@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -23,13 +24,19 @@ pytestmark = pytest.mark.xdist_group("reports")
 # small and cheap: every analysis stage runs, the notebooks have real results to show
 SMALL = {"simulate.n_customers": 400, "attribution.bootstrap_replicates": 20,
          "churn.train_cutoffs": ["2024-10-01", "2024-12-01"], "churn.gbm.max_iter": 60,
-         "churn.calibration_folds": 2, "churn.importance_repeats": 1, "churn.pd_grid": 4}
+         "churn.calibration_folds": 2, "churn.importance_repeats": 1, "churn.pd_grid": 4,
+         "churn.min_dissolutions": 20}
 
 
-@pytest.fixture(scope="session")
-def report_project(tmp_path_factory) -> dict:
-    """Small simulated project run through every stage; a failing analysis stage is recorded, not fatal."""
-    params = make_project(tmp_path_factory.mktemp("report_project"), **SMALL)
+def _shared_dir(tmp_path_factory) -> Path:
+    """One folder for the whole test run, shared by the xdist workers (built once under a file lock)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "journeylab_reports"
+
+
+def _build_shared(shared: Path) -> None:
+    """Small simulated project run through every stage, then `journeylab report --all` via the CLI."""
+    params = make_project(shared / "project", **SMALL)
     failed = {}
     for stage in ("simulate", "ingest", "build", "survival", "churn", "attribute"):
         try:
@@ -38,17 +45,31 @@ def report_project(tmp_path_factory) -> dict:
             if stage in ("simulate", "ingest", "build"):
                 raise
             failed[stage] = f"{type(exc).__name__}: {exc}"
-    params["_failed_stages"] = failed
+    rc = cli_main(["--params", str(shared / "project/params.yaml"), "report", "--all", "--as-of", "2025-06-30"])
+    (shared / "done.json").write_text(json.dumps({"rc": rc, "failed_stages": failed}))
+
+
+@pytest.fixture(scope="session")
+def report_project(tmp_path_factory) -> dict:
+    """Params of the shared small project (all stages run, reports rendered); ``_failed_stages`` noted."""
+    from filelock import FileLock
+    from journeylab.config import load_params
+    shared = _shared_dir(tmp_path_factory)
+    shared.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / "done.json").exists():
+            _build_shared(shared)
+    done = json.loads((shared / "done.json").read_text())
+    assert done["rc"] == 0, "journeylab report --all failed on the small project"
+    params = load_params(shared / "project/params.yaml")
+    params["_failed_stages"] = done["failed_stages"]
     return params
 
 
 @pytest.fixture(scope="session")
 def rendered_reports(report_project) -> Path:
-    """`journeylab report --all` on the small project (through the CLI, in process)."""
-    root = Path(report_project["_root"])
-    rc = cli_main(["--params", str(root / "params.yaml"), "report", "--all", "--as-of", "2025-06-30"])
-    assert rc == 0
-    return root / "reports"
+    """reports/ of the shared project (rendered by `journeylab report --all`, in process)."""
+    return Path(report_project["_root"]) / "reports"
 
 
 # ----------------------------------------------------------------------------- full runs

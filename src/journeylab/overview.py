@@ -359,7 +359,8 @@ def time_to_conversion(params: dict, events=None) -> dict | None:
         med_v = med
         ci = m.get("median_days_to_conversion_ci") or [None, None]
         lo, hi = (ci[0], ci[1]) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (ci.get("low"), ci.get("high")) if isinstance(ci, dict) else (None, None)
-    pconv = m.get("p_convert") or {}
+    from .report import p_convert
+    pconv = {h: v[0] for h, v in p_convert(m).items()}
     return {"naive_days": m.get("atc_naive_days"), "median_days": med_v, "median_ci": (lo, hi),
             "median_note": m.get("median_days_to_conversion_note"), "rmst_days": m.get("rmst_days"),
             "p_convert": pconv, "n_journeys": m.get("n_journeys"), "n_converted": m.get("n_converted"),

@@ -499,6 +499,19 @@ def result_table(params: dict, stage: str, name: str | None) -> Any:
     return load_table(params, str(Path(get(params, key, default)) / name))
 
 
+def p_convert(m: dict | None) -> dict:
+    """``p_convert`` of survival metrics as {horizon: (p, ci_low, ci_high)} (plain floats or dicts accepted)."""
+    out = {}
+    for h, v in ((m or {}).get("p_convert") or {}).items():
+        if isinstance(v, dict):
+            v = (v.get("p"), v.get("ci_low"), v.get("ci_high"))
+        else:
+            v = (v, None, None)
+        if v[0] is not None:
+            out[str(h)] = v
+    return out
+
+
 def _ci(lo: Any, hi: Any, fmt=None) -> str:
     fmt = fmt or fmt_num
     return f" (95% CI {fmt(lo)}–{fmt(hi)})" if lo is not None and hi is not None else ""
@@ -520,10 +533,10 @@ def survival_summary(m: dict | None) -> list[str]:
     if m.get("atc_naive_days") is not None:
         out.append(f"The naive 'average time to conversion' (converted journeys only) is {fmt_num(m['atc_naive_days'])} days; "
                    "it ignores leads that are still deciding and so understates how long conversion takes.")
-    pc = {k: v for k, v in (m.get("p_convert") or {}).items() if v is not None}
+    pc = p_convert(m)
     if pc:
         out.append("Counting lost leads as lost, the chance that a new lead converts is "
-                   + ", ".join(f"{fmt_pct(v)} by day {k}" for k, v in pc.items()) + ".")
+                   + ", ".join(f"{fmt_pct(v[0])} by day {k}" for k, v in pc.items()) + ".")
     sentences = m.get("hazard_ratio_sentences") or []
     if sentences:
         out.append(str(sentences[0]).rstrip(".") + ".")
@@ -531,11 +544,12 @@ def survival_summary(m: dict | None) -> list[str]:
 
 
 def survival_horizon_text(m: dict) -> str:
-    pc = {k: v for k, v in (m.get("p_convert") or {}).items() if v is not None}
+    pc = p_convert(m)
     rm = m.get("rmst_days")
     parts = []
     if pc:
-        parts.append("By day " + ", ".join(f"{k}: {fmt_pct(v)} converted" for k, v in pc.items()) + ".")
+        parts.append("By day " + ", ".join(f"{k}: {fmt_pct(v[0])} converted{_ci(v[1], v[2], fmt_pct)}"
+                                           for k, v in pc.items()) + ".")
     if rm is not None:
         parts.append(f"Within the first {fmt_num(m.get('rmst_horizon_days'), 0)} days a lead spends on average "
                      f"{fmt_num(rm)} days unconverted (restricted mean).")
@@ -552,8 +566,8 @@ def survival_group_table(m: dict, g: str) -> Any:
     for k, s in grp.items():
         r = {"group": k, "journeys": s.get("n_journeys"), "converted": s.get("n_converted"),
              "median_days": s.get("median_days_to_conversion")}
-        for h, v in (s.get("p_convert") or {}).items():
-            r[f"p_convert_{h}d"] = v
+        for h, v in p_convert(s).items():
+            r[f"p_convert_{h}d"] = v[0]
         rows.append(r)
     if not rows:
         return None
