@@ -30,7 +30,7 @@ from typing import Any
 
 from . import config
 from .errors import InputError, JourneylabError
-from .schema import OTHER_TOUCHPOINT, REQUIRED_INPUT_COLUMNS, UNKNOWN_PHASE
+from .schema import CANONICAL_COLUMNS, OTHER_TOUCHPOINT, REQUIRED_INPUT_COLUMNS, UNKNOWN_PHASE
 
 #: Row-level quarantine reasons in priority order (first applicable wins).
 REASONS = (
@@ -389,7 +389,7 @@ def _mapping(con, raw_sql: str, infos: list[dict], params: dict) -> tuple[dict, 
     extras_spec = ing.get("extra_columns") or []
     extras_spec = dict(extras_spec) if isinstance(extras_spec, dict) else {e: e for e in extras_spec}
     extras, missing_extra = {}, []
-    reserved = set(mapping) | {"kind", "phase", "channel_group", "paid", "event_id", "ts"}
+    reserved = set(CANONICAL_COLUMNS) | {"reason", "reasons", "source_file", "source_row"}
     for name, user in extras_spec.items():
         found = _match_column(str(user), available)
         if found is None:
