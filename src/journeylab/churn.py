@@ -75,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
     "survival_penalizer": 0.1,
     "importance_rows": 20000,       # holdout rows used for permutation importance
     "importance_repeats": 3,
+    "n_threads": None,              # OpenMP/BLAS threads for fitting (null = backend.threads); predictions in explain use 1
     "top_drivers": 5,
     "pd_rows": 2000,
     "pd_grid": 8,
@@ -143,10 +144,13 @@ def prepare_X(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> p
     return X
 
 
+MIN_NON_NULL = 20  # a feature needs this many non-null training values (HistGradientBoosting fails on all-NaN folds)
+
+
 def usable_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Drop columns that are null everywhere or constant in training; return (numeric, categorical, dropped)."""
-    dropped = [c for c in (*numeric, *categorical) if X[c].nunique(dropna=True) <= 1 and not
-               (c in numeric and X[c].isna().any() and X[c].notna().any())]
+    """Drop columns with < MIN_NON_NULL values or constant (no NaN) in training; return (numeric, categorical, dropped)."""
+    dropped = [c for c in (*numeric, *categorical)
+               if X[c].notna().sum() < MIN_NON_NULL or (X[c].nunique(dropna=True) <= 1 and not X[c].isna().any())]
     return ([c for c in numeric if c not in dropped], [c for c in categorical if c not in dropped], dropped)
 
 
@@ -510,7 +514,10 @@ def explain(model, X: pd.DataFrame, y, numeric: list[str], categorical: list[str
     groups: dict[str, list[str]] = {}
     for c in numeric + categorical:
         groups.setdefault(feature_family(c), []).append(c)
-    imp = grouped_permutation_importance(model, Xi, yi, groups, s["importance_repeats"], rng_state)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # many small predictions: threads only add overhead
+        imp = grouped_permutation_importance(model, Xi, yi, groups, s["importance_repeats"], rng_state)
     imp["rank"] = np.arange(1, len(imp) + 1)
     Xp = Xi.iloc[: s["pd_rows"]] if len(Xi) > s["pd_rows"] else Xi
     p = model.predict_proba(Xp)[:, 1]
@@ -528,7 +535,8 @@ def explain(model, X: pd.DataFrame, y, numeric: list[str], categorical: list[str
             return abs(r) if np.isfinite(r) else -2.0
         feat = max(cols, key=rho)
         is_cat = feat in categorical
-        t = partial_dependence_table(model, Xp, feat, categorical=is_cat, grid=s["pd_grid"])
+        with threadpool_limits(limits=1):
+            t = partial_dependence_table(model, Xp, feat, categorical=is_cat, grid=s["pd_grid"])
         t.insert(0, "driver", row["driver"])
         if not t.empty:
             pd_tables.append(t.assign(value=t["value"].astype(str)))
@@ -607,7 +615,15 @@ def _null_nan(d: dict) -> dict:
 
 def run_stage(params: dict) -> dict:
     """Train, evaluate out of time, compare with BG/NBD, explain, score; write metrics and result tables."""
+    from threadpoolctl import threadpool_limits
+
     s = settings(params)
+    threads = s["n_threads"] or config.get(params, "backend.threads", None)
+    with threadpool_limits(limits=int(threads) if threads else None):
+        return _run(params, s)
+
+
+def _run(params: dict, s: dict) -> dict:
     out_dir = config.path(params, s["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     features = load_features(config.path(params, s["features"]))
