@@ -374,3 +374,64 @@ def test_simulate_then_ingest_matches_injected_dirty_rows(project_factory):
     assert r["unknown_touchpoint"] == dirty["unknown_touchpoint"]
     assert m["rows_quarantined"] == dirty["total"] - dirty["duplicate"]
     assert min(dirty[k] for k in dirty if k != "total") > 0      # every kind exercised
+
+
+# ----------------------------------------------------------------------------- property: reference model
+
+def _expected_reason(row: dict, seen: set) -> str | None:
+    """Pure-Python reference of the documented rules (default params, window 2024-01-01..2025-07-01)."""
+    key = tuple(row.values())
+    if key in seen:
+        return "duplicate"
+    seen.add(key)
+    tp = row["touchpoint"].strip().lower().replace(" ", "_")
+    checks = [
+        ("missing_customer_id", not row["customer_id"].strip()),
+        ("missing_timestamp", not row["timestamp"].strip()),
+        ("unparseable_timestamp", row["timestamp"] == "bad"),
+        ("outside_window", row["timestamp"].startswith("2023")),
+        ("missing_touchpoint", not tp),
+        ("unknown_touchpoint", tp == "tiktok"),
+        ("unparseable_value", row["revenue"] == "x"),
+        ("negative_revenue", row["revenue"] == "-1"),
+        ("unparseable_score", row["score"] == "abc"),
+        ("score_out_of_scale", row["score"] == "11" and row["survey"] in ("nps", "csat")
+         or row["score"] == "0" and row["survey"] == "csat"),
+    ]
+    return next((r for r, bad in checks if bad), None)
+
+
+@pytest.fixture(scope="module")
+def property_params(tmp_path_factory):
+    from conftest import make_project
+    params = make_project(tmp_path_factory.mktemp("prop"), **{"ingest.extra_columns": []})
+    return params
+
+
+def test_reasons_match_reference_model(property_params, tmp_path_factory):
+    import csv
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    pools = {"customer_id": ["c1", "c2", " ", ""], "timestamp": ["2024-03-01 10:00:00", "2024-05-01T10:00:00+02:00",
+                                                               "bad", "", "2023-06-01"],
+             "touchpoint": ["email", "Paid Search", "tiktok", ""], "event_type": ["touch", "purchase", "nps_response"],
+             "revenue": ["", "10", "-1", "x"], "score": ["", "5", "11", "0", "abc"], "survey": ["", "nps", "csat"]}
+    row = st.fixed_dictionaries({k: st.sampled_from(v) for k, v in pools.items()})
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(row, min_size=1, max_size=40))
+    def check(rows):
+        folder = tmp_path_factory.mktemp("case")
+        path = folder / "in.csv"
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(pools) + ["stage"])
+            w.writeheader()
+            w.writerows([{**r, "stage": ""} for r in rows])
+        seen: set = set()
+        expected = {i: _expected_reason(r, seen) for i, r in enumerate(rows)}
+        out = {"events": folder / "e.parquet", "quarantine": folder / "q.parquet", "metrics": folder / "m.json"}
+        m = ingest.ingest(property_params, input_spec=str(path), out=out, raise_if_all_quarantined=False)
+        q = pd.read_parquet(out["quarantine"]).set_index("event_id")["reason"].to_dict()
+        assert q == {i: r for i, r in expected.items() if r}
+        assert pd.read_parquet(out["events"])["event_id"].tolist() == [i for i, r in expected.items() if r is None]
+        assert m["rows_read"] == len(rows) == m["rows_clean"] + m["rows_quarantined"] + m["rows_duplicate"]
+    check()
