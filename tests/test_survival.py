@@ -386,3 +386,13 @@ def test_default_simulation_truth(default_project):
     for tp, v in m["hazard_ratios"].items():
         pw = m["hazard_ratios_pwe"][tp]
         assert v["ci_low"] <= pw["hr"] <= v["ci_high"], tp
+
+
+def test_run_stage_single_group_no_lost(project_factory):
+    surv, _ = sv.synthetic_tables(400, seed=12)
+    surv = surv.assign(segment="b2b", first_touchpoint="email", event=np.where(surv["event"] == 2, 0, surv["event"]))
+    m = sv.run_stage(_write_project(project_factory, surv, None))
+    assert m["logrank"]["segment"]["statistic"] is None and "one group" in m["logrank"]["segment"]["statistic_note"]
+    assert m["cox"] is None and "single group" in m["cox_note"]
+    assert m["n_lost"] == 0 and "n_lost_note" in m
+    assert m["aft_model"] in ("weibull", "log_normal", "log_logistic")   # intercept-only AFT still fits

@@ -1171,8 +1171,12 @@ def run_stage(params: dict) -> dict:
             m["logrank"][g] = {"statistic": None, "statistic_note": f"column {g} not in the survival table"}
             continue
         if path == "aggregated":
-            cg = aggregate_event_counts(st.mutate(**{g: st[g].cast("string").fill_null("(missing)")}), (g,), res_path)
-            fits = {str(k): ConversionCurves(alpha, horizons, rmst_h, label=str(k)).fit_counts(c.drop(columns=g), None)
+            sg = st.mutate(**{g: st[g].cast("string").fill_null("(missing)")})
+            cg = aggregate_event_counts(sg, (g,), res_path)
+            conv = sg.filter(sg.event == CONVERTED)
+            atc_g = conv.group_by(g).aggregate(atc=conv.duration_days.mean()).to_pandas().set_index(g)["atc"]
+            fits = {str(k): ConversionCurves(alpha, horizons, rmst_h, label=str(k)).fit_counts(
+                        c.drop(columns=g), float(atc_g[k]) if k in atc_g.index else None)
                     for k, c in cg.groupby(g)}
             m["logrank"][g] = logrank_from_counts(cg, g)
         else:
