@@ -396,3 +396,16 @@ def test_run_stage_single_group_no_lost(project_factory):
     assert m["cox"] is None and "single group" in m["cox_note"]
     assert m["n_lost"] == 0 and "n_lost_note" in m
     assert m["aft_model"] in ("weibull", "log_normal", "log_logistic")   # intercept-only AFT still fits
+
+
+def test_person_time_hand_example_with_break_edges():
+    # breaks 0, 7, 30: row (5, 10] spans 2 intervals; (7, 7] zero-length event at a break; (0, 0] event at 0
+    ex = pd.DataFrame({"start": [5.0, 7.0, 0.0, 31.0], "stop": [10.0, 7.0, 0.0, 40.0], "event": [1, 1, 1, 0],
+                       "cum_a": [0, 1, 2, 12]})
+    agg = sv.aggregate_person_time(ibis.memtable(ex), ["cum_a"], [0, 7, 30], cap=10).set_index(["interval", "cum_a"])
+    assert agg.loc[(0, 0), "person_time"] == pytest.approx(2.0) and agg.loc[(1, 0), "person_time"] == pytest.approx(3.0)
+    assert agg.loc[(1, 0), "events"] == 1 and agg.loc[(0, 0), "events"] == 0
+    assert agg.loc[(0, 1), "events"] == 1          # (7, 7]: counted in the interval holding stop = 7
+    assert agg.loc[(0, 2), "events"] == 1          # time-0 event kept
+    assert agg.loc[(2, 10), "person_time"] == pytest.approx(9.0)   # capped at 10
+    assert agg["events"].sum() == 3

@@ -501,11 +501,23 @@ def aggregate_person_time(exposure, covariates: Sequence[str], breaks: Sequence[
     e = e.select(start=e.start.cast("float64"), stop=e.stop.cast("float64"),
                  ev=(e.event.cast("int64") == event_code).cast("float64"),
                  **{c: e[c].cast("string").fill_null("(missing)") for c in by}, **cols)
-    j = e.join(bt, [(e.stop > bt.b_lo) | ((e.stop == 0) & (bt.b_lo == 0)), e.start < bt.b_hi])
+    # interval of the row's start (b_lo <= start < b_hi) and of its stop (b_lo < stop <= b_hi)
+    i0 = sum(((e.start >= float(x)).cast("int64") for x in b[1:]), ibis.literal(0))
+    i1 = sum(((e.stop > float(x)).cast("int64") for x in b[1:]), ibis.literal(0))
+    e = e.mutate(_i0=i0, _i1=i1)
+    keys = [*by, *covariates]
+    # most rows lie inside one interval: aggregate them directly (no join)
+    single = e.filter(e._i0 >= e._i1)        # (> only for zero-length rows at a break: event in stop's interval)
+    a1 = single.group_by([single._i1.name("interval"), *keys]).aggregate(
+        person_time=(single.stop - single.start).sum(), events=single.ev.sum())
+    # rows spanning several intervals: split by an inequality join with the breaks
+    multi = e.filter(e._i0 < e._i1)
+    j = multi.join(bt, [multi.stop > bt.b_lo, multi.start < bt.b_hi])
     pt = (ibis.least(j.stop, j.b_hi) - ibis.greatest(j.start, j.b_lo))
-    j = j.mutate(pt=ibis.greatest(pt, 0.0),
-                 d=ibis.ifelse((j.stop > j.b_lo) & (j.stop <= j.b_hi) | ((j.stop == 0) & (j.b_lo == 0)), j.ev, 0.0))
-    agg = j.group_by(["interval", *by, *covariates]).aggregate(person_time=j.pt.sum(), events=j.d.sum())
+    j = j.mutate(pt=ibis.greatest(pt, 0.0), d=ibis.ifelse((j.stop > j.b_lo) & (j.stop <= j.b_hi), j.ev, 0.0))
+    a2 = j.group_by(["interval", *keys]).aggregate(person_time=j.pt.sum(), events=j.d.sum())
+    u = a1.union(a2.select(a1.columns), distinct=False)
+    agg = u.group_by(["interval", *keys]).aggregate(person_time=u.person_time.sum(), events=u.events.sum())
     return agg.to_pandas().sort_values(["interval", *by, *covariates]).reset_index(drop=True)
 
 
