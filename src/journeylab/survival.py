@@ -525,6 +525,19 @@ def aggregate_person_time(exposure, covariates: Sequence[str], breaks: Sequence[
 # piecewise-exponential (Poisson) hazard model on aggregated person-time
 # --------------------------------------------------------------------------------------
 
+def _blas_single_thread(fn):
+    """Run with one BLAS thread: the tall-skinny products here are memory-bound, and multi-threaded
+    OpenBLAS spikes to seconds per product when the 2 cores are shared."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 class PiecewiseExponentialFitter:
     """Proportional hazards with a piecewise-constant baseline, fitted by Newton on aggregated counts.
 
@@ -537,6 +550,7 @@ class PiecewiseExponentialFitter:
     def __init__(self, penalizer: float = 0.0, alpha: float = 0.05, max_iter: int = 100, tol: float = 1e-9):
         self.penalizer, self.alpha, self.max_iter, self.tol = penalizer, alpha, max_iter, tol
 
+    @_blas_single_thread
     def fit(self, agg: pd.DataFrame, covariates: Sequence[str], interval_col: str = "interval",
             person_time_col: str = "person_time", events_col: str = "events") -> "PiecewiseExponentialFitter":
         covariates = list(covariates)
@@ -618,6 +632,7 @@ class CountingProcessCox:
     def __init__(self, penalizer: float = 0.0, alpha: float = 0.05, max_iter: int = 50, tol: float = 1e-9):
         self.penalizer, self.alpha, self.max_iter, self.tol = penalizer, alpha, max_iter, tol
 
+    @_blas_single_thread
     def fit(self, start, stop, event, X: pd.DataFrame) -> "CountingProcessCox":
         start = np.asarray(start, float)
         stop = np.asarray(stop, float)
