@@ -55,6 +55,9 @@ NON_FEATURES = {*KEY_COLUMNS, *LABEL_COLUMNS, "is_customer", "active_at_cutoff"}
 REQUIRED_COLUMNS = (*KEY_COLUMNS, "active_at_cutoff", "label_observable", "dissolved_within_horizon",
                     "frequency", "recency_days", "days_since_first_purchase", "days_since_last_activity")
 MODEL_NAMES = ("logistic", "gbm")
+# BG/NBD outputs added per cutoff (features from pre-cutoff purchases only; also model inputs when churn.bgnbd_features)
+BGNBD_COLUMNS = {"p_alive": "bgnbd_p_alive", "p_no_purchase_horizon": "bgnbd_p_no_purchase",
+                 "expected_purchases_horizon": "bgnbd_expected_purchases"}
 BASELINE = "bgnbd"
 
 DEFAULTS: dict[str, Any] = {
@@ -65,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "inactivity_days": 90,
     "min_dissolutions": 50,
     "seed": 7,
+    "bgnbd_features": False,        # BG/NBD P(alive), P(no purchase in H), E[purchases in H] as model inputs
     "calibration": "isotonic",       # isotonic | sigmoid
     "calibration_folds": 3,
     "logistic_C": 0.1,
@@ -381,14 +385,16 @@ def fit_dissolution_survival(train: pd.DataFrame, evaluate: pd.DataFrame, numeri
     if len(ev) and ev["dissolution_observed"].astype(bool).any():
         Xev = pd.DataFrame(pre.transform(prepare_X(ev, numeric, categorical)), columns=pre.get_feature_names_out())[keep]
         risk = cph.predict_partial_hazard(Xev).to_numpy()
-        out["c_index_eval"] = float(concordance_index(ev["days_to_dissolution"].to_numpy(float), -risk,
-                                                      ev["dissolution_observed"].astype(bool).to_numpy()))
         out["n_eval"] = int(len(ev))
-        out["median_days_to_dissolution_eval"] = None
+        try:
+            out["c_index_eval"] = float(concordance_index(ev["days_to_dissolution"].to_numpy(float), -risk,
+                                                          ev["dissolution_observed"].astype(bool).to_numpy()))
+        except ZeroDivisionError:
+            out["c_index_eval"] = None
+            out["c_index_eval_note"] = "no comparable pairs after the evaluation cutoff (all times tied or censored)"
     else:
         out["c_index_eval"] = None
         out["c_index_eval_note"] = "no observed dissolution after the evaluation cutoff"
-    out.pop("median_days_to_dissolution_eval", None)
     coef = pd.DataFrame({"feature": cph.params_.index, "coef": cph.params_.to_numpy(),
                          "hazard_ratio": np.exp(cph.params_.to_numpy())})
     return out, coef.sort_values("coef", key=np.abs, ascending=False).reset_index(drop=True)
@@ -433,8 +439,10 @@ def feature_family(column: str) -> str:
                "satisfaction": "satisfaction", "recency": "recency", "nps": "satisfaction", "csat": "satisfaction"}
     if column in aliases:
         return aliases[column]
+    if column.startswith("bgnbd_"):
+        return "purchase_pattern_bgnbd"
     base = re.sub(r"_\d+d$", "", column)
-    return "complaints" if base.startswith("complaint") else base
+    return "complaints" if base.startswith(("complaint", "touches_complaint")) else base
 
 
 def grouped_permutation_importance(model, X: pd.DataFrame, y, groups: dict[str, list[str]], n_repeats: int = 3,
@@ -624,6 +632,14 @@ def run_stage(params: dict) -> dict:
 
 
 def _run(params: dict, s: dict) -> dict:
+    import time
+    clock = {"t": time.perf_counter()}
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock["t"], 2)
+        clock["t"] = now
     out_dir = config.path(params, s["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     features = load_features(config.path(params, s["features"]))
@@ -641,6 +657,21 @@ def _run(params: dict, s: dict) -> dict:
         raise InputError(f"params.yaml churn: eval_cutoff {eval_cutoff} must be later than every train cutoff "
                          f"({', '.join(train_cutoffs)}) for an out-of-time evaluation.")
 
+    # --- BG/NBD at every cutoff used (fitted on everyone's purchase history before that cutoff only)
+    key = cutoff_key(features["cutoff"])
+    features = features.copy()
+    for col in BGNBD_COLUMNS.values():
+        features[col] = np.nan
+    bg_infos = {}
+    for c in [*train_cutoffs, eval_cutoff, *([score_cutoff] if score_cutoff else [])]:
+        at = key == c
+        if at.any():
+            b, bg_infos[c] = bgnbd_baseline(features[at], features[at], H)
+            for src, col in BGNBD_COLUMNS.items():
+                features.loc[at, col] = b[src].to_numpy(float)
+    bg_info = bg_infos.get(eval_cutoff, {"note": f"no rows at eval_cutoff {eval_cutoff}"})
+
+    lap("load_and_bgnbd")
     metrics: dict[str, Any] = {"horizon_days": H, "inactivity_days": s["inactivity_days"],
                                "train_cutoffs": train_cutoffs, "eval_cutoff": eval_cutoff, "score_cutoff": score_cutoff,
                                "min_dissolutions": int(s["min_dissolutions"])}
@@ -656,6 +687,8 @@ def _run(params: dict, s: dict) -> dict:
         metrics["train"]["sampled_rows"] = int(len(train))
 
     numeric, categorical = feature_columns(features)
+    if not s["bgnbd_features"]:
+        numeric = [c for c in numeric if c not in BGNBD_COLUMNS.values()]
     Xtr_all = prepare_X(train, numeric, categorical)
     numeric, categorical, dropped = usable_features(Xtr_all, numeric, categorical) if len(train) else (numeric, categorical, [])
     metrics["features"] = {"numeric": len(numeric), "categorical": categorical, "dropped_null_or_constant": dropped}
@@ -664,9 +697,8 @@ def _run(params: dict, s: dict) -> dict:
     Xtr = Xtr_all[numeric + categorical]
     Xev = prepare_X(evaluate, numeric, categorical)
 
-    # --- BG/NBD baseline at eval cutoff (fitted on everyone's purchase history before it)
-    key = cutoff_key(features["cutoff"])
-    base_eval, bg_info = bgnbd_baseline(features[key == eval_cutoff], evaluate, H)
+    # --- BG/NBD baseline at eval cutoff
+    base_eval = evaluate[list(BGNBD_COLUMNS.values())].set_axis(list(BGNBD_COLUMNS), axis=1)
     model_metrics: dict[str, Any] = {}
     predictions: dict[str, np.ndarray] = {}
     if base_eval["p_no_purchase_horizon"].notna().all() and len(evaluate):
@@ -700,6 +732,7 @@ def _run(params: dict, s: dict) -> dict:
                 model_metrics[name] = _null_nan(classification_metrics(yev, predictions[name], s["n_bins"], s["top_fraction"]))
             else:
                 model_metrics[name] = {"roc_auc": None, "roc_auc_note": acc_eval[0].get("note", "no evaluable customers at eval_cutoff")}
+    lap("fit_models")
     metrics["models"] = model_metrics
     if fitted and model_metrics["gbm"].get("roc_auc") is not None and model_metrics[BASELINE].get("roc_auc") is not None:
         metrics["gbm_minus_bgnbd_roc_auc"] = model_metrics["gbm"]["roc_auc"] - model_metrics[BASELINE]["roc_auc"]
@@ -725,6 +758,7 @@ def _run(params: dict, s: dict) -> dict:
         surv = {"c_index_eval": None, "c_index_eval_note": metrics["models_note"]}
     metrics["survival"] = surv
 
+    lap("survival")
     # --- explanations
     if "gbm" in fitted and yev.size and np.unique(yev).size == 2:
         imp, pdt, drivers = explain(fitted["gbm"], Xev, yev, numeric, categorical, s)
@@ -736,6 +770,7 @@ def _run(params: dict, s: dict) -> dict:
         metrics["top_drivers"] = None
         metrics["top_drivers_note"] = "no trained model or a single-class holdout: no permutation importance"
 
+    lap("explain")
     # --- lifecycle over all cutoffs
     rules = {"inactivity_days": s["inactivity_days"], **s["lifecycle"]}
     life = lifecycle_distribution(features, **rules)
@@ -769,7 +804,7 @@ def _run(params: dict, s: dict) -> dict:
         score_rows, acc_score = population(features, [score_cutoff], require_label=False)
         metrics["scored"] = acc_score[0]
         if len(score_rows):
-            base_score, _ = bgnbd_baseline(features[key == score_cutoff], score_rows, H)
+            base_score = score_rows[list(BGNBD_COLUMNS.values())].set_axis(list(BGNBD_COLUMNS), axis=1)
             frames.append(_score_frame(score_rows, "score", fitted, prepare_X(score_rows, numeric, categorical),
                                        base_score, rules))
         else:
@@ -777,6 +812,8 @@ def _run(params: dict, s: dict) -> dict:
     if frames:
         pd.concat(frames, ignore_index=True).to_parquet(out_dir / "scores.parquet", index=False)
 
+    lap("lifecycle_truth_scoring")
+    metrics["timings_s"] = timings
     metrics = _json_safe(metrics)
     mpath = config.path(params, s["metrics"])
     mpath.parent.mkdir(parents=True, exist_ok=True)
