@@ -24,7 +24,7 @@ setup: $(STAMP)
 
 report: setup
 	@test -d .git || (git init -q && git add -A && git -c user.email=journeylab@localhost -c user.name=journeylab commit -qm "initial" )
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@echo "Reports: $(CURDIR)/reports/index.html"
 
 repro: report

@@ -79,7 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "survival_penalizer": 0.1,
     "importance_rows": 20000,       # holdout rows used for permutation importance
     "importance_repeats": 3,
-    "n_threads": None,              # OpenMP/BLAS threads for fitting (null = backend.threads); predictions in explain use 1
+    "n_threads": 1,                 # OpenMP/BLAS threads (null = backend.threads); 1 is robust on a shared machine
     "top_drivers": 5,
     "pd_rows": 2000,
     "pd_grid": 8,
