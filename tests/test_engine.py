@@ -7,6 +7,7 @@ import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401
 import pytest
 
 from journeylab import engine
@@ -276,9 +277,8 @@ def _random_log(seed=5, n_cust=40, n_events=1200) -> pd.DataFrame:
     return log(rows).to_pandas()
 
 
-def test_features_do_not_leak_post_cutoff_events():
-    base = _random_log()
-    cut = pd.Timestamp("2024-06-01", tz="UTC")
+def _post_cutoff_variants(base: pd.DataFrame, cut) -> list[pd.DataFrame]:
+    """Logs that differ from ``base`` only in events at/after ``cut``."""
     post = base.ts >= cut
     rng = np.random.default_rng(1)
     variants = []
@@ -292,6 +292,13 @@ def test_features_do_not_leak_post_cutoff_events():
     v.loc[post, "ts"] = v.loc[post, "ts"] + pd.Timedelta(days=3)
     v.loc[post, "customer_id"] = rng.permutation(v.loc[post, "customer_id"].to_numpy())
     variants.append(v)
+    return variants
+
+
+def test_features_do_not_leak_post_cutoff_events():
+    base = _random_log()
+    cut = pd.Timestamp("2024-06-01", tz="UTC")
+    variants = _post_cutoff_variants(base, cut)
     opts = {"cutoffs": [str(cut.date())]}
     ref = run("customer_features", pa.Table.from_pandas(base, schema=SCHEMA, preserve_index=False), **opts)
     feat_cols = [c for c in ref.columns if c not in engine.FEATURE_LABEL_COLUMNS]
@@ -303,6 +310,199 @@ def test_features_do_not_leak_post_cutoff_events():
         pd.testing.assert_frame_equal(got[feat_cols], ref[feat_cols])
         labels_changed |= not got.dissolved_within_horizon.equals(ref.dissolved_within_horizon)
     assert labels_changed   # the perturbations are real: labels do see post-cutoff events
+
+
+# ----------------------------------------------------------------------------- customer features = reference
+def reference_customer_attributes(events, attrs):
+    """First non-null value per customer by (ts, event_id) with a row_number window (reference)."""
+    e = engine.journey_events(events)
+    out = e.select("customer_id").distinct()
+    for a in attrs:
+        f = e.filter(e[a].notnull())
+        w = ibis.window(group_by=f.customer_id, order_by=[f.ts, f.event_id])
+        f = f.mutate(_rn=ibis.row_number().over(w))
+        f = f.filter(f._rn == 0).select("customer_id", a, **{f"{a}__t": f.t})
+        out = out.left_join(f, "customer_id").select(out, f[a], f[f"{a}__t"])
+    return out
+
+
+def reference_customer_features(events, **opts):
+    """The straightforward formulation (events x cutoffs, one conditional sum per feature),
+    kept as the reference for the near-one-pass engine.customer_features."""
+    e = engine.journey_events(events)
+    tps = opts.get("all_touchpoints")
+    if tps is None:
+        tps = engine.discover_touchpoints(e)
+    attrs = opts.get("attrs")
+    if attrs is None:
+        attrs = engine.attribute_columns(events)
+    ca = opts.get("customer_attrs")
+    ca = engine.customer_attributes(e, attrs) if ca is None else ca
+    windows = [int(x) for x in opts.get("feature_windows_days", [7, 30, 90])]
+    H = float(opts.get("horizon_days", 90)) * engine.SECONDS_PER_DAY
+    inact = float(opts.get("inactivity_days", 90)) * engine.SECONDS_PER_DAY
+    wend = engine._epoch(opts["window_end"])
+    from journeylab.schema import PHASES
+    import pandas as pd
+    cuts = sorted(str(x) for x in opts["cutoffs"])
+    cm = ibis.memtable(pd.DataFrame({
+        "cutoff": pd.to_datetime(cuts, utc=True).astype("datetime64[us, UTC]"),
+        "_c": [engine._epoch(x) for x in cuts]}))
+    # events x cutoffs (a handful of cutoffs): one aggregation for every cutoff
+    x0 = e.select("customer_id", "ts", "t", "kind", "touchpoint", "phase", "value", "survey", "score",
+                  "stage", "event_id").cross_join(cm)
+    c = x0._c
+    pre = x0.ts < x0.cutoff
+    post = ~pre
+    conv, touch, diss = x0.kind == "conversion", x0.kind == "touch", x0.kind == "dissolution"
+    feats = {}
+    for tp in tps:
+        for w in windows:
+            feats[f"touches_{engine.safe_name(tp)}_{w}d"] = (pre & touch & (x0.touchpoint == tp)
+                                                      & (x0.t >= c - w * engine.SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+    for ph in PHASES:
+        for w in windows:
+            feats[f"touches_{ph}_{w}d"] = (pre & touch & (x0.phase == ph)
+                                           & (x0.t >= c - w * engine.SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+    a = x0.group_by(["cutoff", "_c", "customer_id"]).aggregate(
+        _n_pre=pre.cast("int64").sum().cast("int64"),
+        _first_t=x0.t.min(where=pre), _last_t=x0.t.max(where=pre),
+        _last_conv=x0.t.max(where=pre & conv), _first_conv=x0.t.min(where=pre & conv),
+        frequency=(pre & conv).cast("int64").sum().cast("int64"),
+        monetary_total=ibis.coalesce(x0.value.sum(where=pre & conv), 0.0),
+        monetary_mean=x0.value.mean(where=pre & conv),
+        n_surveys=(pre & (x0.kind == "survey")).cast("int64").sum().cast("int64"),
+        complaints_90d=(pre & touch & (x0.touchpoint == "complaint")
+                        & (x0.t >= c - 90 * engine.SECONDS_PER_DAY)).cast("int64").sum().cast("int64"),
+        complaints_total=(pre & touch & (x0.touchpoint == "complaint")).cast("int64").sum().cast("int64"),
+        _last_diss=x0.t.max(where=pre & diss),
+        **feats,
+        _diss_after=x0.t.min(where=post & diss),
+        _n_in_h=(post & (x0.t < c + H)).cast("int64").sum().cast("int64"),
+        _diss_in_h=(post & diss & (x0.t < c + H)).cast("int64").sum().cast("int64"),
+        _last_seen=x0.t.max(),
+    )
+    a = a.filter(a._n_pre > 0)
+    keys = ["cutoff", "customer_id"]
+    # last survey answers and current stage (events before the cutoff)
+    sv = x0.filter((x0.ts < x0.cutoff) & (x0.kind == "survey") & x0.survey.isin(["nps", "csat"])
+                   & x0.score.notnull())
+    ws = ibis.window(group_by=[sv.cutoff, sv.customer_id, sv.survey],
+                     order_by=[ibis.desc(sv.ts), ibis.desc(sv.event_id)])
+    sv = sv.mutate(_rn=ibis.row_number().over(ws))
+    sv = sv.filter(sv._rn == 0)
+    last_s = sv.group_by(keys).aggregate(
+        last_nps=sv.score.max(where=sv.survey == "nps"), last_csat=sv.score.max(where=sv.survey == "csat"))
+    st = x0.filter((x0.ts < x0.cutoff) & x0.stage.notnull())
+    wst = ibis.window(group_by=[st.cutoff, st.customer_id], order_by=[ibis.desc(st.ts), ibis.desc(st.event_id)])
+    st = st.mutate(_rn=ibis.row_number().over(wst))
+    st = st.filter(st._rn == 0).select(*keys, current_stage=st.stage)
+    x = a.left_join(last_s, keys).select(a, last_s.last_nps, last_s.last_csat)
+    x = x.left_join(st, keys).select(x, st.current_stage)
+    x = x.left_join(ca, "customer_id").select(
+        x, **{at: ibis.ifelse(ca[f"{at}__t"] < x._c, ca[at], ibis.null("string")) for at in attrs})
+    c = x._c
+    is_cust = x.frequency > 0
+    dissolved = x._last_diss.notnull() & (x._last_conv.isnull() | (x._last_diss > x._last_conv))
+    dsla = (c - x._last_t) / engine.SECONDS_PER_DAY
+    observable = (c + H) <= wend
+    label = ibis.ifelse(observable, (x._diss_in_h > 0) | (x._n_in_h == 0), ibis.null("boolean"))
+    gone = (wend - x._last_seen) > inact
+    ddays = ibis.cases((x._diss_after.notnull(), engine._days(x._diss_after, c)),
+                       (gone, ibis.greatest(engine._days(x._last_seen, c), 0.0)),
+                       else_=(wend - c) / engine.SECONDS_PER_DAY)
+    x = x.mutate(
+        recency_days=engine._days(c, x._last_conv), days_since_last_activity=dsla,
+        days_since_first_purchase=engine._days(c, x._first_conv), tenure_days=engine._days(c, x._first_t),
+        is_customer=is_cust, active_at_cutoff=is_cust & ~dissolved & (dsla <= inact / engine.SECONDS_PER_DAY),
+        label_observable=observable, dissolved_within_horizon=label,
+        days_to_dissolution=ddays, dissolution_observed=x._diss_after.notnull() | gone)
+    cols = ["cutoff", "customer_id", "recency_days", "days_since_last_activity", "frequency",
+            "days_since_first_purchase", "monetary_total", "monetary_mean", "tenure_days", *feats,
+            "last_nps", "last_csat", "n_surveys", "complaints_90d", "complaints_total", "current_stage",
+            *attrs, "is_customer", "active_at_cutoff", "label_observable", "dissolved_within_horizon",
+            "days_to_dissolution", "dissolution_observed"]
+    return x.select(*cols)
+
+
+def _both_features(table: pa.Table, **over):
+    """(engine.customer_features, reference) on the same log, sorted by (cutoff, customer_id)."""
+    con = ibis.duckdb.connect()
+    con.con.register("ev", table)
+    events = con.table("ev")
+    opts = {**engine.options_from_params(PARAMS), **over}
+    ref_opts = {**opts, "customer_attrs": reference_customer_attributes(events, engine.attribute_columns(events))}
+    got = con.to_pyarrow(engine.customer_features(events, **opts)).to_pandas()
+    ref = con.to_pyarrow(reference_customer_features(events, **ref_opts)).to_pandas()
+    key = ["cutoff", "customer_id"]
+    return (got.sort_values(key).reset_index(drop=True), ref.sort_values(key).reset_index(drop=True))
+
+
+def _assert_same_features(got, ref):
+    assert list(got.columns) == list(ref.columns)
+    assert len(got) == len(ref) > 0
+    for c in got.columns:
+        a, b = got[c], ref[c]
+        assert a.isna().equals(b.isna()), c
+        if a.dtype.kind == "f":
+            assert np.allclose(a[a.notna()].to_numpy(), b[b.notna()].to_numpy(), rtol=1e-12, atol=1e-9), c
+        else:
+            assert (a[a.notna()].to_numpy() == b[b.notna()].to_numpy()).all(), c
+        assert a.dtype == b.dtype, c
+
+
+BOUNDARY_CUTOFFS = ["2024-03-01", "2024-05-01", "2024-06-01", "2024-08-15"]
+
+
+def _boundary_log(seed=11) -> pd.DataFrame:
+    """Random log plus events exactly at cutoffs, at cutoff - 7/30/90 days, at cutoff + horizon,
+    same-time surveys (ties broken by event_id) and customers seen only after some cutoff."""
+    base = _random_log(seed=seed, n_cust=30, n_events=900)
+    rows = []
+    for c in BOUNDARY_CUTOFFS:
+        d = (pd.Timestamp(c, tz="UTC") - D0).days
+        for cust in ("b1", "b2"):
+            for off in (0, -7, -30, -90, 90, -1e-6):
+                rows.append((cust, d + off, "complaint" if off == -90 else "email"))
+            rows.append((cust, d - 2, "website", "survey", None, {"survey": "nps", "score": 4.0}))
+            rows.append((cust, d - 2, "website", "survey", None, {"survey": "nps", "score": 8.0}))
+            rows.append((cust, d - 3, "website", "survey", None, {"survey": "csat", "score": 2.0}))
+            rows.append((cust, d - 1, "store", "conversion", 20.0, {"stage": "purchase", "segment": "z"}))
+        rows.append(("b2", d, "cancellation", "dissolution"))
+        rows.append(("late_" + c, d + 1, "email", "touch", None, {"segment": "late"}))
+    extra = log(rows).to_pandas()
+    extra["event_id"] += len(base)
+    return pd.concat([base, extra], ignore_index=True)
+
+
+def test_customer_features_equal_reference_random_log():
+    tbl = pa.Table.from_pandas(_boundary_log(), schema=SCHEMA, preserve_index=False)
+    got, ref = _both_features(tbl, cutoffs=BOUNDARY_CUTOFFS)
+    _assert_same_features(got, ref)
+    assert got.cutoff.nunique() == len(BOUNDARY_CUTOFFS) and got.last_nps.notna().any()
+
+
+def test_customer_features_equal_reference_after_post_cutoff_changes():
+    base = _boundary_log(seed=12)
+    cut = pd.Timestamp("2024-06-01", tz="UTC")
+    for v in _post_cutoff_variants(base, cut):
+        tbl = pa.Table.from_pandas(v, schema=SCHEMA, preserve_index=False)
+        got, ref = _both_features(tbl, cutoffs=BOUNDARY_CUTOFFS)
+        _assert_same_features(got, ref)
+
+
+def test_customer_features_equal_reference_simulated(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import make_project, run_stages
+    params = make_project(tmp_path, **{"simulate.n_customers": 150})
+    run_stages(params, ("simulate", "ingest"))
+    tbl = pa.parquet.read_table(str(tmp_path / "data/clean/events.parquet"))
+    got, ref = _both_features(tbl, **{k: v for k, v in engine.options_from_params(params).items()
+                                      if k in ("cutoffs", "window_end", "horizon_days", "inactivity_days")})
+    _assert_same_features(got, ref)
+    assert got.cutoff.nunique() == len(engine.options_from_params(params)["cutoffs"])
 
 
 # ----------------------------------------------------------------------------- funnel

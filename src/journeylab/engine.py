@@ -524,10 +524,26 @@ def exposure(events: ibis.Table, /, **opts: Any) -> ibis.Table:
                     *[f"cum_{safe_name(tp)}" for tp in tps], "first_touchpoint", *attrs)
 
 
+def _cutoff_table(cuts: Sequence[str]) -> ibis.Table:
+    """Memtable of the cutoffs: cutoff (timestamp[us, UTC]), _c (epoch seconds), _j (0-based rank)."""
+    import pandas as pd
+    return ibis.memtable(pd.DataFrame({
+        "cutoff": pd.to_datetime(list(cuts), utc=True).astype("datetime64[us, UTC]"),
+        "_c": [_epoch(x) for x in cuts], "_j": list(range(len(cuts)))}))
+
+
 def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     """One row per (cutoff, customer with any event before the cutoff); features from
     events with ts < cutoff only, labels from events with ts >= cutoff only
-    (docs/DESIGN.md Engine tables 8). Durations in days."""
+    (docs/DESIGN.md Engine tables 8). Durations in days.
+
+    Near one pass over the events: every event gets the bucket ``_b`` = number of cutoffs
+    at or before it (so it is before cutoff j exactly when ``_b <= j``); one aggregation per
+    (customer, bucket) gives counts, first/last times, sums and the latest survey answers /
+    stage (max of a (ts, event_id, value) struct), and a join of those few rows per customer
+    with the cutoffs combines buckets ``<= j`` (features) and ``> j`` (labels: first event
+    and first dissolution at/after the cutoff). Window counts come from touch events at most
+    max-window days before a cutoff only (small range join on the cutoffs)."""
     e = journey_events(events)
     tps = opts.get("all_touchpoints")
     if tps is None:
@@ -542,62 +558,78 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     inact = float(opts.get("inactivity_days", 90)) * SECONDS_PER_DAY
     wend = _epoch(opts["window_end"])
     from .schema import PHASES
-    import pandas as pd
     cuts = sorted(str(x) for x in opts["cutoffs"])
-    cm = ibis.memtable(pd.DataFrame({
-        "cutoff": pd.to_datetime(cuts, utc=True).astype("datetime64[us, UTC]"),
-        "_c": [_epoch(x) for x in cuts]}))
-    # events x cutoffs (a handful of cutoffs): one aggregation for every cutoff
-    x0 = e.select("customer_id", "ts", "t", "kind", "touchpoint", "phase", "value", "survey", "score",
-                  "stage", "event_id").cross_join(cm)
-    c = x0._c
-    pre = x0.ts < x0.cutoff
-    post = ~pre
-    conv, touch, diss = x0.kind == "conversion", x0.kind == "touch", x0.kind == "dissolution"
-    feats = {}
+    cm = _cutoff_table(cuts)
+    i64 = "int64"
+
+    # 1. per (customer, bucket): one pass over the events
+    bucket = ibis.cases(*[(e.ts < _ts(c), j) for j, c in enumerate(cuts)], else_=len(cuts)).cast(i64)
+    x = e.select("customer_id", "ts", "t", "kind", "touchpoint", "value", "survey", "score", "stage",
+                 "event_id", _b=bucket)
+    conv, diss, surv = x.kind == "conversion", x.kind == "dissolution", x.kind == "survey"
+    scored = surv & x.score.notnull()
+
+    def latest(value, where):
+        return ibis.struct({"ts": x.ts, "event_id": x.event_id, "v": value}).max(where=where)
+
+    pb = x.group_by(["customer_id", "_b"]).aggregate(
+        _n=x.count().cast(i64),
+        _first_t=x.t.min(), _last_t=x.t.max(),
+        _first_conv=x.t.min(where=conv), _last_conv=x.t.max(where=conv),
+        _freq=conv.cast(i64).sum().cast(i64),
+        _vsum=x.value.cast("float64").sum(where=conv), _vcnt=x.value.count(where=conv).cast(i64),
+        _nsurv=surv.cast(i64).sum().cast(i64),
+        _compl=((x.kind == "touch") & (x.touchpoint == "complaint")).cast(i64).sum().cast(i64),
+        _first_diss=x.t.min(where=diss), _last_diss=x.t.max(where=diss),
+        _nps=latest(x.score, scored & (x.survey == "nps")),
+        _csat=latest(x.score, scored & (x.survey == "csat")),
+        _stage=latest(x.stage, x.stage.notnull()))
+    pb = pb.mutate(_nps=pb._nps.v, _csat=pb._csat.v, _stage=pb._stage.v)
+
+    # 2. buckets x cutoffs: features from buckets <= j, labels from buckets > j
+    y = pb.cross_join(cm)
+    f, post = y._b <= y._j, y._b > y._j
+
+    def carried(value):   # value of the latest bucket <= j that has one
+        return ibis.struct({"b": y._b, "v": value}).max(where=f & value.notnull()).v
+
+    a = y.group_by(["cutoff", "_c", "customer_id"]).aggregate(
+        _n_pre=y._n.sum(where=f).cast(i64),
+        _first_t=y._first_t.min(where=f), _last_t=y._last_t.max(where=f),
+        _last_conv=y._last_conv.max(where=f), _first_conv=y._first_conv.min(where=f),
+        frequency=y._freq.sum(where=f).cast(i64),
+        _vsum=y._vsum.sum(where=f), _vcnt=y._vcnt.sum(where=f).cast(i64),
+        n_surveys=y._nsurv.sum(where=f).cast(i64),
+        complaints_total=y._compl.sum(where=f).cast(i64),
+        _last_diss=y._last_diss.max(where=f),
+        last_nps=carried(y._nps), last_csat=carried(y._csat), current_stage=carried(y._stage),
+        _diss_after=y._first_diss.min(where=post), _next_t=y._first_t.min(where=post),
+        _last_seen=y._last_t.max())
+    a = a.filter(a._n_pre > 0)
+    a = a.mutate(monetary_total=ibis.coalesce(a._vsum, 0.0),
+                 monetary_mean=ibis.ifelse(a._vcnt > 0, a._vsum / a._vcnt.cast("float64"), ibis.null("float64")))
+
+    # 3. window counts: touch events within the longest window before each cutoff
+    levels = sorted(set(windows) | {90})
+    wmax = float(levels[-1]) * SECONDS_PER_DAY
+    tch = e.filter((e.kind == "touch") & (e.t >= _epoch(cuts[0]) - wmax) & (e.ts < _ts(cuts[-1])))
+    tch = tch.select("customer_id", "ts", "t", "touchpoint", "phase")
+    r = tch.join(cm, [tch.ts < cm.cutoff, tch.t >= cm._c - wmax])
+    lvl = ibis.cases(*[(r.t >= r._c - w * SECONDS_PER_DAY, i) for i, w in enumerate(levels)]).cast(i64)
+    r = r.select("cutoff", "customer_id", "touchpoint", "phase", _k=lvl)
+    g = r.group_by(["cutoff", "customer_id", "touchpoint", "phase", "_k"]).aggregate(_cnt=r.count().cast(i64))
+    feats: dict[str, Any] = {}
     for tp in tps:
         for w in windows:
-            feats[f"touches_{safe_name(tp)}_{w}d"] = (pre & touch & (x0.touchpoint == tp)
-                                                      & (x0.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
+            feats[f"touches_{safe_name(tp)}_{w}d"] = g._cnt.sum(where=(g.touchpoint == tp) & (g._k <= levels.index(w)))
     for ph in PHASES:
         for w in windows:
-            feats[f"touches_{ph}_{w}d"] = (pre & touch & (x0.phase == ph)
-                                           & (x0.t >= c - w * SECONDS_PER_DAY)).cast("int64").sum().cast("int64")
-    a = x0.group_by(["cutoff", "_c", "customer_id"]).aggregate(
-        _n_pre=pre.cast("int64").sum().cast("int64"),
-        _first_t=x0.t.min(where=pre), _last_t=x0.t.max(where=pre),
-        _last_conv=x0.t.max(where=pre & conv), _first_conv=x0.t.min(where=pre & conv),
-        frequency=(pre & conv).cast("int64").sum().cast("int64"),
-        monetary_total=ibis.coalesce(x0.value.sum(where=pre & conv), 0.0),
-        monetary_mean=x0.value.mean(where=pre & conv),
-        n_surveys=(pre & (x0.kind == "survey")).cast("int64").sum().cast("int64"),
-        complaints_90d=(pre & touch & (x0.touchpoint == "complaint")
-                        & (x0.t >= c - 90 * SECONDS_PER_DAY)).cast("int64").sum().cast("int64"),
-        complaints_total=(pre & touch & (x0.touchpoint == "complaint")).cast("int64").sum().cast("int64"),
-        _last_diss=x0.t.max(where=pre & diss),
-        **feats,
-        _diss_after=x0.t.min(where=post & diss),
-        _n_in_h=(post & (x0.t < c + H)).cast("int64").sum().cast("int64"),
-        _diss_in_h=(post & diss & (x0.t < c + H)).cast("int64").sum().cast("int64"),
-        _last_seen=x0.t.max(),
-    )
-    a = a.filter(a._n_pre > 0)
+            feats[f"touches_{ph}_{w}d"] = g._cnt.sum(where=(g.phase == ph) & (g._k <= levels.index(w)))
+    wf = g.group_by(["cutoff", "customer_id"]).aggregate(
+        **feats, complaints_90d=g._cnt.sum(where=(g.touchpoint == "complaint") & (g._k <= levels.index(90))))
+    wcols = [*feats, "complaints_90d"]
     keys = ["cutoff", "customer_id"]
-    # last survey answers and current stage (events before the cutoff)
-    sv = x0.filter((x0.ts < x0.cutoff) & (x0.kind == "survey") & x0.survey.isin(["nps", "csat"])
-                   & x0.score.notnull())
-    ws = ibis.window(group_by=[sv.cutoff, sv.customer_id, sv.survey],
-                     order_by=[ibis.desc(sv.ts), ibis.desc(sv.event_id)])
-    sv = sv.mutate(_rn=ibis.row_number().over(ws))
-    sv = sv.filter(sv._rn == 0)
-    last_s = sv.group_by(keys).aggregate(
-        last_nps=sv.score.max(where=sv.survey == "nps"), last_csat=sv.score.max(where=sv.survey == "csat"))
-    st = x0.filter((x0.ts < x0.cutoff) & x0.stage.notnull())
-    wst = ibis.window(group_by=[st.cutoff, st.customer_id], order_by=[ibis.desc(st.ts), ibis.desc(st.event_id)])
-    st = st.mutate(_rn=ibis.row_number().over(wst))
-    st = st.filter(st._rn == 0).select(*keys, current_stage=st.stage)
-    x = a.left_join(last_s, keys).select(a, last_s.last_nps, last_s.last_csat)
-    x = x.left_join(st, keys).select(x, st.current_stage)
+    x = a.left_join(wf, keys).select(a, **{k: ibis.coalesce(wf[k], 0).cast(i64) for k in wcols})
     x = x.left_join(ca, "customer_id").select(
         x, **{at: ibis.ifelse(ca[f"{at}__t"] < x._c, ca[at], ibis.null("string")) for at in attrs})
     c = x._c
@@ -605,7 +637,9 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     dissolved = x._last_diss.notnull() & (x._last_conv.isnull() | (x._last_diss > x._last_conv))
     dsla = (c - x._last_t) / SECONDS_PER_DAY
     observable = (c + H) <= wend
-    label = ibis.ifelse(observable, (x._diss_in_h > 0) | (x._n_in_h == 0), ibis.null("boolean"))
+    diss_in_h = ibis.coalesce(x._diss_after < c + H, False)
+    none_in_h = x._next_t.isnull() | (x._next_t >= c + H)
+    label = ibis.ifelse(observable, diss_in_h | none_in_h, ibis.null("boolean"))
     gone = (wend - x._last_seen) > inact
     ddays = ibis.cases((x._diss_after.notnull(), _days(x._diss_after, c)),
                        (gone, ibis.greatest(_days(x._last_seen, c), 0.0)),
