@@ -125,6 +125,109 @@ def test_order_selection_finds_second_order_signal():
     assert tab.loc[2, "best"]
 
 
+# ----------------------------------------------------------------------------- Markov solvers
+
+def _random_paths(rng, n_paths, channels, max_len, loop=0.0):
+    rows = []
+    for _ in range(n_paths):
+        L = int(rng.integers(1, max_len + 1))
+        toks = list(rng.choice(channels, L))
+        if loop and rng.random() < loop:          # long back-and-forth journeys: slowly absorbing chain
+            toks = toks[:2] * int(rng.integers(20, 60))
+        rows.append(" > ".join(toks))
+    df = pd.DataFrame({"path": rows}).drop_duplicates("path").reset_index(drop=True)
+    df["conversions"] = rng.poisson(1.5, len(df)).astype(float) + rng.random(len(df)) * (rng.random(len(df)) < 0.2)
+    df["nulls"] = rng.poisson(3.0, len(df)).astype(float)
+    df["value"] = df["conversions"] * rng.gamma(2.0, 20.0, len(df))
+    return df
+
+
+def _solutions(paths, order, methods):
+    tok = A._tokenise(paths)
+    ch = A._build_chain(tok, order)
+    contains = A._contains(ch)
+    return ch, {m: A._solve_chain(ch, tok.conversions, tok.nulls, tok.value, contains, m) for m in methods}
+
+
+def _assert_same_solution(got, ref, rtol=1e-10):
+    p, ev = ref[0], ref[1]
+    assert got[0] == pytest.approx(p, rel=rtol, abs=1e-300) and got[1] == pytest.approx(ev, rel=rtol, abs=1e-300)
+    np.testing.assert_allclose(got[2], ref[2], rtol=0, atol=rtol * p)          # relative to P(conv)
+    np.testing.assert_allclose(got[3], ref[3], rtol=0, atol=rtol * ev)         # relative to E[value]
+
+
+@pytest.mark.parametrize("seed,order,n_channels,loop", [(0, 1, 6, 0.0), (1, 2, 6, 0.0), (2, 3, 7, 0.0),
+                                                         (3, 2, 9, 0.3), (4, 3, 5, 0.2), (5, 1, 3, 0.5)])
+def test_markov_solvers_agree_with_sparse_lu(seed, order, n_channels, loop):
+    rng = np.random.default_rng(seed)
+    paths = _random_paths(rng, 400, [f"c{i}" for i in range(n_channels)], 8, loop)
+    ch, sol = _solutions(paths, order, ["lu", "iterative", "auto"] + (["dense"] if order < 3 else []))
+    for m in sol:
+        _assert_same_solution(sol[m], sol["lu"])
+
+
+def test_markov_solvers_agree_on_the_sample(sample):
+    for order in (1, 2, 3):
+        ch, sol = _solutions(sample.rename(columns={"total_conversions": "conversions", "total_null": "nulls",
+                                                    "total_conversion_value": "value"}), order,
+                             ["lu", "iterative", "auto"])
+        for m in sol:
+            _assert_same_solution(sol[m], sol["lu"])
+        assert (ch.n_states > A.DENSE_MAX_STATES) == (order > 1)                 # both solver paths covered
+
+
+def test_iterative_solver_hands_slow_chains_to_lu(monkeypatch):
+    # a two-state loop absorbed with probability 1e-4 per step: ~3e5 iterations -> no proof, LU decides
+    paths = pd.DataFrame({"path": [" > ".join(["a", "b"] * 5000), "a", "c > b"], "conversions": [1.0, 2.0, 1.0],
+                          "nulls": [1.0, 1.0, 3.0]})
+    tok = A._tokenise(paths)
+    ch = A._build_chain(tok, 1)
+    contains = A._contains(ch)
+    qdata, r = A._chain_system(ch, tok.conversions, tok.nulls, tok.value)
+    x, ok = A._absorb_iterative(ch, qdata, r, A._keep_masks(contains), max_iter=500)
+    assert not ok.all()
+    auto = A._solve_chain(ch, tok.conversions, tok.nulls, tok.value, contains, "iterative")
+    _assert_same_solution(auto, A._solve_chain(ch, tok.conversions, tok.nulls, tok.value, contains, "lu"))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_batched_replicates_equal_one_at_a_time(order):
+    rng = np.random.default_rng(7)
+    paths = _random_paths(rng, 300, list("abcdef"), 7)
+    tok = A._tokenise(paths)
+    ch = A._build_chain(tok, order)
+    keep = A._keep_masks(A._contains(ch))
+    cb = rng.poisson(tok.conversions[:, None], (len(tok.conversions), 5)).astype(float)
+    nb = rng.poisson(tok.nulls[:, None], (len(tok.nulls), 5)).astype(float)
+    qdata, r = A._chain_system(ch, cb, nb, cb * 3.0)
+    batched = A._absorb(ch, qdata, r, keep)
+    for i in range(5):
+        q1, r1 = A._chain_system(ch, cb[:, i], nb[:, i], cb[:, i] * 3.0)
+        ref = A._absorb(ch, q1, r1, keep, "lu")[0]
+        np.testing.assert_allclose(batched[i], ref, rtol=1e-10, atol=1e-13)
+
+
+def test_poisson_sampler_distribution():
+    from scipy.stats import poisson
+    rates = np.concatenate([np.full(3000, 0.5), np.full(3000, 3.0), np.full(3000, 40.0), np.zeros(500),
+                            [2.5, 1000.0]])                          # tabled, zero, untabled rates
+    s = A._PoissonSampler(rates)
+    assert len(s.rows_o) == 2
+    rng = np.random.default_rng(3)
+    x = np.concatenate([s.draw(rng, 40).copy() for _ in range(3)], axis=1)
+    assert (x[9000:9500] == 0).all() and (x == np.round(x)).all()
+    for lam, rows in ((0.5, slice(0, 3000)), (3.0, slice(3000, 6000)), (40.0, slice(6000, 9000))):
+        d = x[rows].ravel()
+        k = np.arange(int(lam + 8 * math.sqrt(lam) + 8))
+        freq = np.bincount(d.astype(int), minlength=len(k))[:len(k)]
+        expected = poisson.pmf(k, lam) * d.size
+        big = expected > 20
+        chi2 = ((freq[big] - expected[big]) ** 2 / expected[big]).sum()
+        assert chi2 < big.sum() + 6 * math.sqrt(2 * big.sum())                   # ~6 sd of chi2(df)
+        assert d.mean() == pytest.approx(lam, rel=0.02) and d.var() == pytest.approx(lam, rel=0.05)
+    assert abs(x[-1].mean() - 1000.0) < 20
+
+
 # ----------------------------------------------------------------------------- hand-computed toy
 
 TOY = pd.DataFrame({"path": ["a > b", "a", "b"], "conversions": [1.0, 0.0, 1.0], "nulls": [0.0, 1.0, 1.0],

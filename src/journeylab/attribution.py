@@ -158,6 +158,75 @@ def _poisson(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
     return rng.poisson(x).astype(float)
 
 
+class _PoissonSampler:
+    """Independent Poisson(lam_i) draws for fixed rates lam (n,), ``b`` replicates at a time -> (n, b).
+
+    Rates shared by many rows (integer counts repeat: a paths table of 10^6 rows has a few dozen
+    distinct counts) are drawn by inversion, k = min{k: F(k) > u} with u ~ U[0, 1) and F the Poisson
+    CDF in double precision, started from a guide table (2^10 cells of u per rate) so that only the
+    ~1% of draws that fall in a cell holding a CDF step need a comparison or two. The mass beyond
+    lam + 12 sqrt(lam) + 24 (< 1e-20) is folded into that last value. Other rates: rng.poisson.
+    """
+    BITS = 10
+
+    def __init__(self, lam: np.ndarray, min_rows: int = 64, max_rate: float = 256.0, max_tables: int = 512):
+        from scipy.special import gammaln
+        lam = np.asarray(lam, dtype=float)
+        self.n = len(lam)
+        pos = np.flatnonzero(lam > 0)
+        uniq, inv, cnt = np.unique(lam[pos], return_inverse=True, return_counts=True)
+        use = (cnt >= min_rows) & (uniq <= max_rate)
+        if use.sum() > max_tables:
+            use &= cnt >= np.sort(cnt[use])[-max_tables]
+        tab = np.full(len(uniq), -1, np.int64)
+        tab[use] = np.arange(int(use.sum()))
+        g = tab[inv.ravel()]
+        self.rows_t, g = pos[g >= 0], g[g >= 0]
+        self.rows_o = pos[tab[inv.ravel()] < 0]
+        self.lam_o = lam[self.rows_o]
+        rates = uniq[use]
+        L = int(math.ceil(rates.max() + 12 * math.sqrt(rates.max()) + 24)) if len(rates) else 1
+        k = np.arange(L)
+        with np.errstate(divide="ignore"):
+            logp = k[None, :] * np.log(rates)[:, None] - rates[:, None] - gammaln(k + 1)[None, :]
+        F = np.cumsum(np.exp(logp), axis=1)
+        F[:, -1] = np.inf                                            # sentinel: the loop below stops
+        cells = np.arange(1 << self.BITS) / (1 << self.BITS)
+        G = np.stack([np.searchsorted(F[i], cells, side="right") for i in range(len(rates))]) if len(rates) \
+            else np.zeros((0, 1 << self.BITS), np.int64)
+        scale = float(1 << self.BITS)                               # u scaled by 2^BITS (exact): cell = floor
+        self.G = (G + (np.arange(len(rates)) * L)[:, None]).ravel().astype(np.intp)   # -> flat index into F
+        self.F = (F * scale).ravel()
+        self.value = (np.arange(len(rates) * L) % L).astype(float)  # flat index -> k
+        self.g_guide = (g << self.BITS).astype(np.intp)
+        self._bufs: dict = {}
+
+    def draw(self, rng: np.random.Generator, b: int) -> np.ndarray:
+        """(n, b) float draws; the array is reused (overwritten) by the next draw with the same b."""
+        nt = len(self.rows_t)
+        if b not in self._bufs:
+            self._bufs = {b: (np.zeros((self.n, b)), np.empty((nt, b)), np.empty((nt, b), np.intp),
+                              np.empty((nt, b), np.intp), np.empty((nt, b)))}
+        out, u, cell, k, th = self._bufs[b]
+        if nt:
+            rng.random(out=u)
+            u *= float(1 << self.BITS)
+            np.copyto(cell, u, casting="unsafe")                     # floor (u >= 0)
+            cell += self.g_guide[:, None]
+            np.take(self.G, cell, out=k, mode="clip")             # smallest k with F(k) > cell start
+            np.take(self.F, k, out=th, mode="clip")
+            kf, uf = k.reshape(-1), u.reshape(-1)
+            sel = np.flatnonzero(np.greater_equal(u, th).reshape(-1))
+            while sel.size:                                          # ~1%: the cell holds a CDF step
+                kf[sel] += 1
+                sel = sel[uf[sel] >= self.F[kf[sel]]]
+            np.take(self.value, k, out=th, mode="clip")
+            out[self.rows_t] = th
+        if len(self.rows_o):
+            out[self.rows_o] = rng.poisson(self.lam_o[:, None], (len(self.rows_o), b))
+        return out
+
+
 def _ci(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """95% percentile interval over axis 0 of a (B, n) array."""
     return np.percentile(draws, 2.5, axis=0), np.percentile(draws, 97.5, axis=0)
@@ -264,11 +333,14 @@ class _Chain:
     order: int
     names: np.ndarray               # touchpoint names
     state_tokens: np.ndarray        # (S, k) touchpoint codes of each state, -1 padded; row 0 = (start)
-    incidence: sp.csr_matrix        # (S*S pairs used) x paths: internal transitions per path (counts)
-    pair_from: np.ndarray
+    incidence: sp.csc_matrix        # (pairs used) x paths: internal transitions per path (counts; CSC so that
+                                    # incidence @ (paths x b) weights streams the weights once)
+    pair_from: np.ndarray           # pairs sorted by (from, to), unique
     pair_to: np.ndarray
     last_state: np.ndarray          # per path, -1 for empty path -> (start)
     tok: _Tokens
+    last_matrix: sp.csc_matrix = None   # S x paths: 1 at (last state, path) -> per-state sums of path weights
+    from_matrix: sp.csr_matrix = None   # S x pairs: 1 at (pair_from, pair) -> out-flow of internal pairs
 
     @property
     def n_states(self) -> int:
@@ -314,8 +386,10 @@ def _build_chain(tok: _Tokens, order: int) -> _Chain:
     if len(key) > 1:
         same_prev[1:] = (key[1:] == key[:-1]) & (win_path[1:] == win_path[:-1])
     key, toks, win_path = key[~same_prev], toks[~same_prev], win_path[~same_prev]
-    ukey, first, sid = np.unique(key, return_index=True, return_inverse=True)
-    sid = sid.astype(np.int64) + 1                      # 0 is (start)
+    ukey, sid = _unique_inverse(key, base ** order)
+    first = np.empty(len(ukey), np.int64)
+    first[sid] = np.arange(len(sid))                    # a window of every state (all have the same tokens)
+    sid = sid + 1                                       # 0 is (start)
     state_tokens = np.vstack([np.full((1, order), -1, np.int64), toks[first]])
     S = len(state_tokens)
     # previous state in path (start for the first window)
@@ -328,16 +402,37 @@ def _build_chain(tok: _Tokens, order: int) -> _Chain:
         prev[1:] = sid[:-1]
     prev[is_first] = 0
     pair = prev * S + sid
-    upair, pinv = np.unique(pair, return_inverse=True)
-    incidence = sp.csr_matrix((np.ones(len(pair)), (pinv, win_path)), shape=(len(upair), len(n)))
-    incidence.sum_duplicates()
+    upair, pinv = _unique_inverse(pair, S * S)
+    # windows are in path order, so the (pair, path) entries are already column-sorted: CSC directly
+    # (a pair repeated within a path stays as duplicate entries; products sum them)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(win_path, minlength=len(n)))]).astype(np.int64)
+    incidence = sp.csc_matrix((np.ones(len(pair)), pinv.astype(np.int64), indptr), shape=(len(upair), len(n)))
     last_state = np.full(len(n), -1, dtype=np.int64)
     is_last = np.ones(len(sid), bool)
     if len(sid) > 1:
         is_last[:-1] = win_path[:-1] != win_path[1:]
     last_state[win_path[is_last]] = sid[is_last]
     last_state[(n == 0) & keep_path] = 0
-    return _Chain(order, tok.names, state_tokens, incidence, upair // S, upair % S, last_state, tok)
+    has = last_state >= 0
+    lptr = np.concatenate([[0], np.cumsum(has)]).astype(np.int64)
+    last_matrix = sp.csc_matrix((np.ones(int(has.sum())), last_state[has], lptr), shape=(S, len(n)))
+    pair_from, pair_to = upair // S, upair % S
+    from_matrix = sp.csr_matrix((np.ones(len(upair)), (pair_from, np.arange(len(upair)))), shape=(S, len(upair)))
+    return _Chain(order, tok.names, state_tokens, incidence, pair_from, pair_to, last_state, tok,
+                  last_matrix, from_matrix)
+
+
+def _unique_inverse(key: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(key, return_inverse=True) for keys in [0, space): a presence table when that is small."""
+    if space <= max(4 * len(key), 1 << 16) and space <= 1 << 26:
+        present = np.zeros(space, bool)
+        present[key] = True
+        ukey = np.flatnonzero(present)
+        lookup = np.zeros(space, np.int64)
+        lookup[ukey] = np.arange(len(ukey))
+        return ukey, lookup[key]
+    ukey, inv = np.unique(key, return_inverse=True)
+    return ukey, inv.astype(np.int64)
 
 
 def _chain_counts(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndarray):
@@ -345,51 +440,208 @@ def _chain_counts(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.nda
     S = ch.n_states
     w = ch.incidence @ (conv + nulls)
     internal = sp.csr_matrix((w, (ch.pair_from, ch.pair_to)), shape=(S, S))
-    has = ch.last_state >= 0
-    ls = ch.last_state[has]
-    to_conv = np.bincount(ls, conv[has], minlength=S)
-    to_null = np.bincount(ls, nulls[has], minlength=S)
-    val = np.bincount(ls, value[has], minlength=S)
+    to_conv, to_null, val = (ch.last_matrix @ x for x in (conv, nulls, value))
     return internal, to_conv, to_null, val
 
 
-def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndarray, contains: np.ndarray):
+def _chain_system(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndarray | None = None, *,
+                  value_by_state: np.ndarray | None = None):
+    """Absorbing-chain systems of b re-weightings at once (weights: (n_paths, b) arrays).
+
+    Returns qdata (b, P): transition probability of every stored pair (pair_from -> pair_to), and
+    r (b, S, 2): one-step P(-> conversion) and expected value at absorption of each state
+    (a conversion from s is worth the mean value per conversion of paths ending in s).
+    ``value_by_state`` (S, b): the value sums by last state, instead of ``value``."""
+    if conv.ndim == 1:
+        conv, nulls = conv[:, None], nulls[:, None]
+        value = None if value is None else value[:, None]
+    w = ch.incidence @ (conv + nulls)                                    # (P, b)
+    to_conv, to_null = ch.last_matrix @ conv, ch.last_matrix @ nulls     # (S, b)
+    val = ch.last_matrix @ value if value_by_state is None else value_by_state
+    out = ch.from_matrix @ w + to_conv + to_null
+    safe = np.where(out > 0, out, 1.0)
+    qdata = (w / safe[ch.pair_from]).T                                   # row-normalised, no 1/out overflow
+    r = np.stack([to_conv / safe, np.divide(val, safe, out=np.zeros_like(val), where=to_conv > 0)], axis=-1)
+    return np.ascontiguousarray(qdata), np.ascontiguousarray(r.transpose(1, 0, 2))
+
+
+_SINGULAR = ("attribution: the Markov transition matrix is numerically singular (path counts differ by more "
+             "than ~1e15 in scale, so some states never reach (conversion)/(null) in floating point). Rescale "
+             "or round the conversions/nulls columns.")
+DENSE_MAX_STATES = 64          # chains up to this size: batched dense LU of every removal system
+ITER_RTOL = 1e-12              # guaranteed bound on |error| / P(conv) (and / E[value]) of the iterative solver
+ITER_MAX = 3000
+
+
+def _keep_masks(contains: np.ndarray) -> np.ndarray:
+    """(S, C+1) bool: column 0 keeps every state (the full chain), column c+1 drops the states containing c."""
+    return np.column_stack([np.ones(len(contains), bool), ~contains])
+
+
+def _absorb_lu(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Reference solver: one sparse LU of the kept principal block of I - Q per (replicate, mask).
+
+    qdata (b, P), r (b, S, 2), keep (S, m) -> x (b, m, 2): P(conv) and E[value] from (start)."""
+    S = ch.n_states
+    b, m = len(qdata), keep.shape[1]
+    x = np.zeros((b, m, 2))
+    eye = sp.identity(S, format="csr")
+    for i in range(b):
+        Q = sp.csr_matrix((qdata[i], (ch.pair_from, ch.pair_to)), shape=(S, S))
+        A = (eye - Q).tocsc()
+        alive = (np.asarray(Q.sum(axis=1)).ravel() + r[i, :, 0] > 0) | (np.arange(S) == 0)
+        base = None
+        for j in range(m):
+            k = keep[:, j] & alive
+            if base is not None and k.sum() == alive.sum():
+                x[i, j] = base
+                continue
+            idx = np.flatnonzero(k)
+            sub = A[idx][:, idx].tocsc()
+            # I - Q is row diagonally dominant: no pivoting needed
+            try:
+                sol = splu(sub, diag_pivot_thresh=0.0, options=dict(SymmetricMode=True)).solve(r[i, idx])
+            except RuntimeError:
+                try:
+                    sol = splu(sub).solve(r[i, idx])        # partial pivoting
+                except RuntimeError:
+                    raise AttributionError(_SINGULAR) from None
+            x[i, j] = sol[0]                              # (start) is idx 0 (always kept)
+            if j == 0:
+                base = x[i, 0].copy()
+    return x
+
+
+def _absorb_dense(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Small chains: every (replicate, mask) system I - Q_KK as one batched dense LU (LAPACK gesv).
+
+    A dropped state keeps an identity row with right-hand side 0 (it is sent to (null))."""
+    S = ch.n_states
+    b, m = len(qdata), keep.shape[1]
+    K = keep.T.astype(float)                                   # (m, S)
+    KK = K[:, :, None] * K[:, None, :]                         # (m, S, S)
+    x = np.empty((b, m, 2))
+    step = max(1, int(2 ** 23 // max(m * S * S, 1)))          # <= 64 MB of matrices per batch
+    diag = np.arange(S)
+    for s in range(0, b, step):
+        q = qdata[s:s + step]
+        Qd = np.zeros((len(q), S, S))
+        Qd[:, ch.pair_from, ch.pair_to] = q
+        M = Qd[:, None] * -KK[None]                            # (bc, m, S, S)
+        M[..., diag, diag] += 1.0
+        rhs = r[s:s + step, None] * K[None, :, :, None]        # (bc, m, S, 2)
+        try:
+            sol = np.linalg.solve(M, rhs)
+        except np.linalg.LinAlgError:
+            raise AttributionError(_SINGULAR) from None
+        x[s:s + step] = sol[:, :, 0, :]
+    if not np.isfinite(x).all():
+        raise AttributionError(_SINGULAR)
+    return x
+
+
+def _absorb_iterative(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.ndarray,
+                      rtol: float = ITER_RTOL, max_iter: int = ITER_MAX):
+    """Jacobi iteration x <- D_K (Q x + r) for all (replicate, mask) systems at once, with a proof of accuracy.
+
+    All replicates of a batch form one block-diagonal sparse Q, all masks (and their conversion /
+    value right-hand sides) the columns of one dense block, so an iteration is one sparse x dense
+    product. Starting from 0 the iterates increase monotonically to the solution (Q, r >= 0).
+    Error bound: with B = D_K Q <= Q (entrywise) and residual rho = D_K (Q x + r) - x, the error is
+    e = (I - B)^-1 rho, so |e_start| <= t_start * max|rho| where t = (I - Q)^-1 1 (expected number of
+    transient states visited). Two extra columns carry t_m = sum_{j<m} Q^j 1 and v_m = Q^m 1, giving
+    t_start <= t_m,start + v_m,start * max(t_m) / (1 - max(v_m)) once max(v_m) < 1. A (replicate, mask)
+    is done when that bound is <= rtol * the full chain's value; x (b, m, 2) and ok (b, m) are
+    returned (not ok: no proof within max_iter, e.g. a nearly closed loop; use the LU solver)."""
+    S, P = ch.n_states, len(ch.pair_from)
+    b, m = len(qdata), keep.shape[1]
+    nc = 2 * m + 2
+    it_col, iv_col = 2 * m, 2 * m + 1
+    K1 = np.ones((S, nc))
+    K1[:, :2 * m] = np.repeat(keep, 2, axis=1)
+    indptr1 = np.concatenate([[0], np.cumsum(np.bincount(ch.pair_from, minlength=S))])
+    x = np.zeros((b, m, 2))
+    ok = np.zeros((b, m), bool)
+    step = max(1, int(2 ** 20 // (S * nc)))
+    check = 4
+    for s in range(0, b, step):
+        bc = min(step, b - s)
+        off = np.arange(bc)
+        indptr = np.concatenate([(indptr1[None, :-1] + P * off[:, None]).ravel(), [bc * P]])
+        indices = (ch.pair_to[None, :] + S * off[:, None]).ravel()
+        Qb = sp.csr_matrix((qdata[s:s + bc].ravel(), indices, indptr), shape=(bc * S, bc * S))
+        Kb = np.tile(K1, (bc, 1))
+        R = np.zeros((bc, S, nc))
+        R[:, :, 0:2 * m:2] = r[s:s + bc, :, 0:1]
+        R[:, :, 1:2 * m:2] = r[s:s + bc, :, 1:2]
+        R[:, :, it_col] = 1.0
+        R = R.reshape(bc * S, nc) * Kb
+        X = np.zeros((bc * S, nc))
+        X[:, iv_col] = 1.0
+        done = np.zeros((bc, m), bool)
+        hist = []
+        for it in range(1, max_iter + 1):
+            Y = Qb @ X
+            Y *= Kb
+            Y += R
+            if it % check == 0 or it == max_iter:
+                Y3, X3 = Y.reshape(bc, S, nc), X.reshape(bc, S, nc)
+                rho = np.abs(Y3[:, :, :2 * m] - X3[:, :, :2 * m]).max(axis=1)        # (bc, 2m)
+                t, v = Y3[:, :, it_col], Y3[:, :, iv_col]
+                q = v.max(axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    tau = np.where(q < 1, t[:, 0] + v[:, 0] * t.max(axis=1) / (1 - q), np.inf)
+                scale = Y3[:, 0, :2]                                                  # full chain (lower bound)
+                with np.errstate(invalid="ignore"):
+                    bound = (tau[:, None] * rho).reshape(bc, m, 2)
+                    good = bound <= rtol * scale[:, None, :]
+                done = good.all(axis=2)
+                if done.all():
+                    X = Y
+                    break
+                # give up early if the observed contraction cannot reach the tolerance within max_iter
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = float(np.where(good, 0.0, bound / (rtol * scale[:, None, :])).max())
+                hist.append(ratio)
+                if len(hist) > 4 and np.isfinite(ratio) and np.isfinite(hist[-5]) and hist[-5] > 0:
+                    rate = (ratio / hist[-5]) ** (1.0 / (4 * check))
+                    if rate >= 1.0 or (rate > 0 and it + math.log(ratio) / -math.log(rate) > max_iter):
+                        X = Y
+                        break
+            X = Y
+        x[s:s + bc] = X.reshape(bc, S, nc)[:, 0, :2 * m].reshape(bc, m, 2)
+        ok[s:s + bc] = done
+    return x, ok
+
+
+def _absorb(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.ndarray, method: str = "auto") -> np.ndarray:
+    """x (b, m, 2) = (P(conversion), E[value]) from (start) for every replicate and removal mask.
+
+    method: auto (dense for <= DENSE_MAX_STATES states, else iterative), dense, iterative (with LU
+    for any system it cannot prove accurate), lu (one sparse LU per system; the reference)."""
+    if method == "auto":
+        method = "dense" if ch.n_states <= DENSE_MAX_STATES else "iterative"
+    if method == "dense":
+        return _absorb_dense(ch, qdata, r, keep)
+    if method == "lu":
+        return _absorb_lu(ch, qdata, r, keep)
+    if method != "iterative":
+        raise AttributionError(f"attribution: unknown Markov solver '{method}' (auto | dense | iterative | lu).")
+    x, ok = _absorb_iterative(ch, qdata, r, keep)
+    for i in np.flatnonzero(~ok.all(axis=1)):
+        cols = np.flatnonzero(~ok[i])
+        x[i, cols] = _absorb_lu(ch, qdata[i:i + 1], r[i:i + 1], keep[:, cols])[0]
+    return x
+
+
+def _solve_chain(ch: _Chain, conv: np.ndarray, nulls: np.ndarray, value: np.ndarray, contains: np.ndarray,
+                 method: str = "auto"):
     """Exact P(conv), E[value] from (start), and the same with each channel removed.
 
     Returns p_conv, e_value, p_removed (C,), v_removed (C,)."""
-    internal, to_conv, to_null, val = _chain_counts(ch, conv, nulls, value)
-    out = np.asarray(internal.sum(axis=1)).ravel() + to_conv + to_null
-    alive = out > 0
-    alive[0] = True
-    safe = np.where(out > 0, out, 1.0)
-    Q = internal.tocsr().astype(float)
-    Q.data = Q.data / np.repeat(safe, np.diff(Q.indptr))       # row-normalise without overflow of 1/out
-    r = np.column_stack([to_conv / safe, np.divide(val, safe, out=np.zeros(len(safe)), where=to_conv > 0)])
-    A = (sp.identity(ch.n_states, format="csr") - Q).tocsc()
-    C = contains.shape[1]
-
-    def solve(keep: np.ndarray) -> np.ndarray:
-        idx = np.flatnonzero(keep)
-        sub = A[idx][:, idx].tocsc()
-        # I - Q is row diagonally dominant: no pivoting needed
-        try:
-            x = splu(sub, diag_pivot_thresh=0.0, options=dict(SymmetricMode=True)).solve(r[idx])
-        except RuntimeError:
-            try:
-                x = splu(sub).solve(r[idx])        # partial pivoting
-            except RuntimeError:
-                raise AttributionError("attribution: the Markov transition matrix is numerically singular "
-                                       "(path counts differ by more than ~1e15 in scale, so some states "
-                                       "never reach (conversion)/(null) in floating point). Rescale or round "
-                                       "the conversions/nulls columns.") from None
-        return x[0]          # (start) is idx 0 (always kept)
-
-    base = solve(alive)
-    removed = np.empty((C, 2))
-    for c in range(C):
-        keep = alive & ~contains[:, c]
-        removed[c] = solve(keep) if contains[alive, c].any() else base
-    return base[0], base[1], removed[:, 0], removed[:, 1]
+    qdata, r = _chain_system(ch, conv, nulls, value)
+    x = _absorb(ch, qdata, r, _keep_masks(contains), method)[0]
+    return x[0, 0], x[0, 1], x[1:, 0], x[1:, 1]
 
 
 def _contains(ch: _Chain) -> np.ndarray:
@@ -429,25 +681,38 @@ def markov_model(paths: pd.DataFrame, order: int = 1, sep: str = DEFAULT_SEP, *,
 
 
 def _markov_from_tokens(tok: _Tokens, order: int, bootstrap: int = 0, seed: int = 0,
-                        with_matrix: bool = False) -> MarkovResult:
+                        with_matrix: bool = False, method: str = "auto") -> MarkovResult:
     ch = _build_chain(tok, order)
     contains = _contains(ch)
     total_conv, total_value = tok.conversions.sum(), tok.value.sum()
-    p, ev, p_rem, v_rem = _solve_chain(ch, tok.conversions, tok.nulls, tok.value, contains)
+    p, ev, p_rem, v_rem = _solve_chain(ch, tok.conversions, tok.nulls, tok.value, contains, method)
     re_c, re_v, conv, value = _markov_credit(p, ev, p_rem, v_rem, total_conv, total_value)
-    draws = None
-    if bootstrap:
-        rng = np.random.default_rng(seed)
-        vpc = np.divide(tok.value, tok.conversions, out=np.zeros_like(tok.value), where=tok.conversions > 0)
-        draws = np.empty((bootstrap, len(tok.names)))
-        for b in range(bootstrap):
-            cb, nb = _poisson(rng, tok.conversions), _poisson(rng, tok.nulls)
-            vb = cb * vpc
-            pb, evb, prb, vrb = _solve_chain(ch, cb, nb, vb, contains)
-            draws[b] = _markov_credit(pb, evb, prb, vrb, cb.sum(), vb.sum())[2]
+    draws = _markov_bootstrap(ch, contains, bootstrap, seed, method) if bootstrap else None
     att = _result(tok.names, conv, value, draws, removal_effect=re_c, removal_effect_value=re_v)
     tm = _transition_frame(ch, probabilities=True) if with_matrix else None
     return MarkovResult(order, float(p), float(ev), att, ch.n_states, tm)
+
+
+def _markov_bootstrap(ch: _Chain, contains: np.ndarray, B: int, seed: int, method: str = "auto") -> np.ndarray:
+    """(B, C) attributed conversions of B Poisson re-weightings, solved a block of replicates at a time."""
+    tok = ch.tok
+    rng = np.random.default_rng(seed)
+    vpc = np.divide(tok.value, tok.conversions, out=np.zeros_like(tok.value), where=tok.conversions > 0)
+    draw_c, draw_n = _PoissonSampler(tok.conversions), _PoissonSampler(tok.nulls)
+    keep = _keep_masks(contains)
+    draws = np.empty((B, len(tok.names)))
+    block = int(min(B, max(1, 8_000_000 // max(len(vpc), 1))))       # ~64 MB per (paths x block) array
+    last_value = ch.last_matrix.multiply(vpc[None, :]).tocsc()       # value of a path's conversions by last state
+    ones = np.ones(len(vpc))
+    for s in range(0, B, block):
+        b = min(block, B - s)
+        cb, nb = draw_c.draw(rng, b), draw_n.draw(rng, b)
+        qdata, r = _chain_system(ch, cb, nb, value_by_state=last_value @ cb)
+        x = _absorb(ch, qdata, r, keep, method)
+        tc, tv = ones @ cb, vpc @ cb
+        for i in range(b):
+            draws[s + i] = _markov_credit(x[i, 0, 0], x[i, 0, 1], x[i, 1:, 0], x[i, 1:, 1], tc[i], tv[i])[2]
+    return draws
 
 
 def markov_attribution(paths: pd.DataFrame, order: int = 1, sep: str = DEFAULT_SEP, *, bootstrap: int = 0,
