@@ -24,10 +24,19 @@ named by joining with ``","``; consecutive identical *states* are collapsed; eve
 weight conversions and ``sm -> (null)`` with weight nulls. ``(conversion)``/``(null)`` absorb.
 Removal of channel c sends every state containing c to ``(null)``:
 RE_c = 1 - P(conv | c removed) / P(conv) = P(visit c | conversion). Attributed conversions
-= RE_c / sum(RE) * total conversions (ChannelAttribution's definition), solved exactly by sparse
-LU on the transient block (I - Q) x = r instead of by simulation. Revenue: a conversion from last
-state s is worth the mean value per conversion of paths ending in s; value removal effects are
-computed on that expected value at absorption.
+= RE_c / sum(RE) * total conversions (ChannelAttribution's definition), solved exactly (not by
+simulation) on the transient block: (I - Q_KK) x = r_K for the kept states K of the full chain and
+of every removal. Chains of <= DENSE_MAX_STATES states: all C + 1 systems (and all bootstrap
+replicates) in one batched dense LU. Larger chains: one Jacobi iteration x <- D_K (Q x + r) for all
+systems and replicates at once (a block-diagonal sparse product per step) that stops only when an a
+posteriori bound proves |error| <= ITER_RTOL (1e-12) * P(conv) (and * E[value]): with B = D_K Q <= Q
+the error is (I - B)^-1 residual, bounded by the expected number of states visited from (start)
+(itself bounded from two extra iterated columns, t = sum Q^j 1 and Q^m 1) times max|residual|.
+Systems without such a proof within ITER_MAX steps (nearly closed loops) go to a sparse LU of
+I - Q_KK, the reference solver. Revenue: a conversion from last state s is worth the mean value per
+conversion of paths ending in s; value removal effects are computed on that expected value at
+absorption. Bootstrap Poisson draws of rates shared by many rows (integer counts) are exact
+inversions of the Poisson CDF started from a guide table; replicates are solved in blocks.
 
 Shapley (``shapley_attribution``): for each converting coalition S (its set of distinct
 touchpoints) the players are S and the characteristic function is v(T) = max over observed
@@ -137,8 +146,9 @@ def _tokenise(paths: pd.DataFrame, sep: str = DEFAULT_SEP, **cols) -> _Tokens:
     flat = pc.utf8_trim_whitespace(pc.list_flatten(lists))
     owner = np.repeat(np.arange(len(df)), lengths_raw)
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
-    enc = pc.dictionary_encode(flat.filter(pa.array(keep))) if len(flat) else None
-    owner = owner[keep]
+    if not keep.all():
+        flat, owner = flat.filter(pa.array(keep)), owner[keep]
+    enc = pc.dictionary_encode(flat) if len(flat) else None
     if enc is None or len(enc) == 0:
         codes, names = np.zeros(0, np.int64), np.array([], dtype=object)
     else:
