@@ -144,10 +144,11 @@ def _tokenise(paths: pd.DataFrame, sep: str = DEFAULT_SEP, **cols) -> _Tokens:
     lists = pc.split_pattern(arr, pattern=sep)
     lengths_raw = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.utf8_trim_whitespace(pc.list_flatten(lists))
-    owner = np.repeat(np.arange(len(df)), lengths_raw)
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+    owner = None
     if not keep.all():
-        flat, owner = flat.filter(pa.array(keep)), owner[keep]
+        owner = np.repeat(np.arange(len(df)), lengths_raw)[keep]
+        flat = flat.filter(pa.array(keep))
     enc = pc.dictionary_encode(flat) if len(flat) else None
     if enc is None or len(enc) == 0:
         codes, names = np.zeros(0, np.int64), np.array([], dtype=object)
@@ -158,9 +159,9 @@ def _tokenise(paths: pd.DataFrame, sep: str = DEFAULT_SEP, **cols) -> _Tokens:
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
         codes, names = rank[raw_codes], raw_names[order]
-    lengths = np.bincount(owner, minlength=len(df))
+    lengths = lengths_raw if keep.all() else np.bincount(owner, minlength=len(df))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return _Tokens(codes.astype(np.int64), offsets, np.asarray(names, dtype=object),
+    return _Tokens(codes.astype(np.int64, copy=False), offsets, np.asarray(names, dtype=object),
                    df["conversions"].to_numpy(), df["nulls"].to_numpy(), df["value"].to_numpy())
 
 
@@ -381,26 +382,29 @@ def _build_chain(tok: _Tokens, order: int) -> _Chain:
     # windows: for path of length L, starts 0..max(L-k,0); window length min(k, L)
     n_win = np.where(n >= order, n - order + 1, np.minimum(n, 1))
     n_win = np.where(keep_path, n_win, 0)
-    win_path = np.repeat(np.arange(len(n)), n_win)
-    win_start = (np.arange(n_win.sum()) - np.repeat(np.cumsum(n_win) - n_win, n_win)) + tok.offsets[win_path]
-    win_len = np.minimum(order, n[win_path])
-    key = np.zeros(len(win_path), dtype=np.int64)
-    toks = np.full((len(win_path), order), -1, dtype=np.int64)
-    for j in range(order):
-        has = j < win_len
-        cj = np.where(has, tok.codes[np.minimum(win_start + j, len(tok.codes) - 1)] if len(tok.codes) else 0, -1)
-        toks[:, j] = cj
-        key = key * base + (cj + 1)
+    W = int(n_win.sum())
+    win_path = np.repeat(np.arange(len(n), dtype=np.int64), n_win)
+    win_start = np.arange(W, dtype=np.int64) - np.repeat(np.cumsum(n_win) - n_win - tok.offsets[:-1], n_win)
+    # state key: touchpoint codes + 1 (0 = none, for paths shorter than the order) in base C + 1
+    key = tok.codes[win_start] + 1 if W else np.zeros(0, np.int64)
+    short = order > 1 and bool(((n < order) & keep_path).any())
+    win_len = np.minimum(order, n[win_path]) if short else None
+    for j in range(1, order):
+        if short:
+            cj1 = np.where(j < win_len, tok.codes[np.minimum(win_start + j, len(tok.codes) - 1)] + 1, 0)
+        else:
+            cj1 = tok.codes[win_start + j] + 1
+        key = key * base + cj1
     # collapse consecutive identical states within a path
-    same_prev = np.zeros(len(key), bool)
-    if len(key) > 1:
+    if W > 1:
+        same_prev = np.zeros(W, bool)
         same_prev[1:] = (key[1:] == key[:-1]) & (win_path[1:] == win_path[:-1])
-    key, toks, win_path = key[~same_prev], toks[~same_prev], win_path[~same_prev]
+        if same_prev.any():
+            key, win_path = key[~same_prev], win_path[~same_prev]
     ukey, sid = _unique_inverse(key, base ** order)
-    first = np.empty(len(ukey), np.int64)
-    first[sid] = np.arange(len(sid))                    # a window of every state (all have the same tokens)
     sid = sid + 1                                       # 0 is (start)
-    state_tokens = np.vstack([np.full((1, order), -1, np.int64), toks[first]])
+    digits = (ukey[:, None] // (base ** np.arange(order - 1, -1, -1, dtype=np.int64))[None, :]) % base - 1
+    state_tokens = np.vstack([np.full((1, order), -1, np.int64), digits.astype(np.int64)])
     S = len(state_tokens)
     # previous state in path (start for the first window)
     is_first = np.ones(len(sid), bool)
