@@ -52,8 +52,12 @@ def connect(params: dict) -> ibis.BaseBackend:
             kwargs["memory_limit"] = str(b["memory_limit"])
         if b.get("threads"):
             kwargs["threads"] = int(b["threads"])
+        # every output is sorted explicitly before it is written, so DuckDB need not keep row order
+        # (cheaper parallel scans, aggregations and writes); no progress bar in batch runs
+        kwargs["preserve_insertion_order"] = bool(b.get("preserve_insertion_order", False))
         con = ibis.duckdb.connect(db, **kwargs)
         con.raw_sql("SET TimeZone = 'UTC'")
+        con.raw_sql("SET enable_progress_bar = false")
         return con
     if name == "spark":
         try:
@@ -107,6 +111,8 @@ def options_from_params(params: dict) -> dict:
     cutoffs = [*(c.get("train_cutoffs") or []), c.get("eval_cutoff"), c.get("score_cutoff")]
     return {
         "lookback_days": float(e.get("lookback_days", 90)),
+        "survival_lookback_days": (None if e.get("survival_lookback_days") is None
+                                   else float(e["survival_lookback_days"])),
         "path_phases": list(e.get("path_phases") or ["pre_purchase", "purchase"]),
         "collapse_repeats": bool(e.get("collapse_repeats", False)),
         "max_path_length": e.get("max_path_length"),
@@ -246,17 +252,20 @@ def journey_list(events: ibis.Table, touches: ibis.Table) -> ibis.Table:
 
 def customer_attributes(events: ibis.Table, attrs: Sequence[str] | None = None) -> ibis.Table:
     """Per customer, the first non-null value (by ts, event_id) of each attribute column
-    plus ``<attr>__t`` (its epoch seconds, used to keep features leak-free)."""
+    plus ``<attr>__t`` (its epoch seconds, used to keep features leak-free).
+
+    One aggregation: the minimum of a (ts, event_id, value) struct over the non-null rows."""
     e = journey_events(events)
     attrs = attribute_columns(events) if attrs is None else list(attrs)
-    out = e.select("customer_id").distinct()
+    aggs: dict[str, Any] = {}
     for a in attrs:
-        f = e.filter(e[a].notnull())
-        w = ibis.window(group_by=f.customer_id, order_by=[f.ts, f.event_id])
-        f = f.mutate(_rn=ibis.row_number().over(w))
-        f = f.filter(f._rn == 0).select("customer_id", a, **{f"{a}__t": f.t})
-        out = out.left_join(f, "customer_id").select(out, f[a], f[f"{a}__t"])
-    return out
+        has = e[a].notnull()
+        aggs[f"_s_{a}"] = ibis.struct({"ts": e.ts, "event_id": e.event_id, "v": e[a]}).min(where=has)
+        aggs[f"{a}__t"] = e.t.min(where=has)
+    if not aggs:
+        return e.select("customer_id").distinct()
+    g = e.group_by("customer_id").aggregate(**aggs)
+    return g.select("customer_id", *[x for a in attrs for x in (g[f"_s_{a}"].v.name(a), g[f"{a}__t"])])
 
 
 # --------------------------------------------------------------------------- tables
@@ -350,30 +359,35 @@ def transitions(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     e, touches = _base(events, opts)
     pt = path_touches(touches, **opts)
     jl = journey_list(e, touches)
-    flags = jl.select("customer_id", "journey_index", "journey_type", "converted")
-    pt = pt.select("customer_id", "journey_index", "pos", "n", "touchpoint").join(
-        flags, ["customer_id", "journey_index"])
+    K = int(opts.get("markov_max_order", 3))
+    pt = pt.select("customer_id", "journey_index", "pos", "n", "touchpoint", "converted")
+    pt = pt.mutate(journey_type=_jtype(pt.journey_index))
+    # one window pass: the K previous touchpoints of every touch. A row is "kept" at order k when
+    # its state differs from the previous row's state; the previous kept state then equals the
+    # previous row's state (dropped rows repeat their predecessor), so no second window is needed.
+    wo = ibis.window(group_by=[pt.customer_id, pt.journey_index], order_by=pt.pos)
+    lagged = pt.mutate(**{f"_l{j}": pt.touchpoint.lag(j).over(wo) for j in range(1, K + 1)})
+    empty = jl.anti_join(pt, ["customer_id", "journey_index"])   # journeys without path touches
+    emp = empty.select("journey_type", state_from=ibis.literal(START),
+                       state_to=ibis.ifelse(empty.converted, CONVERSION, NULL))
     parts = []
-    for k in range(1, int(opts.get("markov_max_order", 3)) + 1):
-        wo = ibis.window(group_by=[pt.customer_id, pt.journey_index], order_by=pt.pos)
-        state = pt.touchpoint
-        for j in range(1, k):
-            lag = pt.touchpoint.lag(j).over(wo)
-            state = ibis.ifelse(lag.isnull(), "", lag + STATE_SEP) + state
-        s = pt.mutate(state=state)
+    for k in range(1, K + 1):
+        s = lagged
+
+        def window(offset: int):   # state ending `offset` rows back: touches pos-offset-k+1 .. pos-offset
+            cols = [s[f"_l{j}"] if j else s.touchpoint for j in range(offset, offset + k)]
+            state = cols[0]
+            for c in cols[1:]:
+                state = ibis.ifelse(c.isnull(), "", c + STATE_SEP) + state
+            return state
+        state, prev = window(0), window(1)
         s = s.filter((s.pos >= k - 1) | ((s.n < k) & (s.pos == s.n - 1)))
-        last = s.filter(s.pos == s.n - 1)   # last state (before collapsing repeats)
-        ws = ibis.window(group_by=[s.customer_id, s.journey_index], order_by=s.pos)
-        s = s.mutate(_prev=s.state.lag().over(ws))
-        s = s.filter(s._prev.isnull() | (s._prev != s.state))
-        ws2 = ibis.window(group_by=[s.customer_id, s.journey_index], order_by=s.pos)
-        s = s.mutate(_from=ibis.coalesce(s.state.lag().over(ws2), START))
-        inner = s.select("journey_type", state_from=s._from, state_to=s.state)
+        s = s.mutate(state=state, _prev=ibis.ifelse(s.pos >= k, prev, ibis.null("string")))
+        inner = s.filter(s._prev.isnull() | (s._prev != s.state))
+        inner = inner.select("journey_type", state_from=ibis.coalesce(inner._prev, START), state_to=inner.state)
+        last = s.filter(s.pos == s.n - 1)
         term = last.select("journey_type", state_from=last.state,
                            state_to=ibis.ifelse(last.converted, CONVERSION, NULL))
-        empty = jl.anti_join(pt, ["customer_id", "journey_index"])  # journeys without path touches
-        emp = empty.select("journey_type", state_from=ibis.literal(START),
-                           state_to=ibis.ifelse(empty.converted, CONVERSION, NULL))
         edges = inner.union(term).union(emp)
         parts.append(edges.group_by(["journey_type", "state_from", "state_to"]).aggregate(
             count=edges.journey_type.count().cast("float64")).mutate(order=ibis.literal(k, "int64")))
@@ -447,6 +461,21 @@ def heuristics(events: ibis.Table, /, **opts: Any) -> ibis.Table:
         conversions=u._w.sum(), value=(u._w * u._rev).sum())
 
 
+def survival_touches(events: ibis.Table, opts: dict) -> ibis.Table:
+    """Path touches that define a journey's time line for survival/exposure: like
+    journey_touches but limited by ``survival_lookback_days`` (None = no limit: the journey
+    starts at its first path touch since the previous conversion). The attribution lookback
+    (``lookback_days``) must not truncate durations: a 120-day journey would look like a
+    90-day one and no lead would ever seem to convert after day ``lookback_days``."""
+    st = opts.get("survival_touches")
+    if st is not None:
+        return st
+    lb = opts.get("survival_lookback_days")
+    if lb is not None and float(lb) == float(opts.get("lookback_days", 90)) and opts.get("touches") is not None:
+        return opts["touches"]
+    return journey_touches(journey_events(events), **{**opts, "lookback_days": 1e9 if lb is None else float(lb)})
+
+
 def survival(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     """One row per journey for time-to-conversion models (docs/DESIGN.md Engine tables 6).
 
@@ -456,6 +485,7 @@ def survival(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     else 0 censored at window_end. entry_days = max(0, study_start - start) in days;
     journeys whose end <= study_start are excluded."""
     e, touches = _base(events, opts)
+    touches = survival_touches(e, opts)
     j = journeys(e, **{**opts, "touches": touches, "_keep_t": True})
     end_t_w = _epoch(opts["window_end"])
     study_t = _epoch(opts["study_start"])
@@ -494,6 +524,7 @@ def exposure(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     are dropped. Columns: customer_id, journey_index, journey_type, start, stop, event,
     cum_<tp>..., first_touchpoint, attributes."""
     e, touches = _base(events, opts)
+    touches = survival_touches(e, opts)
     tps = _tps(touches, opts)
     s = opts.get("survival_table")
     if s is None:
@@ -725,7 +756,9 @@ def _materialise(con, expr: ibis.Table, name: str) -> ibis.Table:
         df.createOrReplaceTempView(name)
         return con.table(name)
     con.raw_sql(f'DROP TABLE IF EXISTS "{name}"')
-    return con.create_table(name, expr)
+    # temporary tables skip the database file's write-ahead log and checkpoints; under
+    # memory_limit DuckDB's buffer manager still spills them to the temp directory
+    return con.create_table(name, expr, temp=True)
 
 
 def _write(con, expr: ibis.Table, path: Path, order_by: Sequence[str]) -> int:
@@ -750,14 +783,21 @@ def prepare(con, events: ibis.Table, opts: dict, materialise: bool = True) -> di
     if materialise:
         e = _materialise(con, e, "jl_events")
     opts["attrs"] = attribute_columns(events)
-    opts["all_touchpoints"] = discover_touchpoints(e)
-    opts["touchpoints"] = discover_touchpoints(e, opts["path_phases"])
+    tp_phase = e.filter(e.kind == "touch").select("touchpoint", "phase").distinct()
+    if materialise:
+        tp_phase = _materialise(con, tp_phase, "jl_tp_phase")
+    opts["all_touchpoints"] = discover_touchpoints(tp_phase.mutate(kind=ibis.literal("touch")))
+    opts["touchpoints"] = discover_touchpoints(tp_phase.mutate(kind=ibis.literal("touch")), opts["path_phases"])
     touches = journey_touches(e, **opts)
     ca = customer_attributes(e, opts["attrs"])
     if materialise:
         touches = _materialise(con, touches, "jl_touches")
         ca = _materialise(con, ca, "jl_customer_attrs")
     opts["touches"], opts["customer_attrs"], opts["events_j"] = touches, ca, e
+    st = survival_touches(e, {**opts, "survival_touches": None})
+    if materialise and st is not touches:
+        st = _materialise(con, st, "jl_survival_touches")
+    opts["survival_touches"] = st
     return opts
 
 
@@ -806,7 +846,7 @@ def _build(params: dict) -> tuple[dict, dict]:
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(metrics, indent=2))
     if metrics["backend"] == "duckdb":
-        for t in ("jl_survival", "jl_customer_attrs", "jl_touches", "jl_events"):
+        for t in ("jl_survival", "jl_customer_attrs", "jl_survival_touches", "jl_touches", "jl_tp_phase", "jl_events"):
             con.raw_sql(f'DROP TABLE IF EXISTS "{t}"')
         con.disconnect()
     return paths_out, metrics
