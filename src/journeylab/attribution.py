@@ -27,13 +27,13 @@ RE_c = 1 - P(conv | c removed) / P(conv) = P(visit c | conversion). Attributed c
 = RE_c / sum(RE) * total conversions (ChannelAttribution's definition), solved exactly (not by
 simulation) on the transient block: (I - Q_KK) x = r_K for the kept states K of the full chain and
 of every removal. Chains of <= DENSE_MAX_STATES states: all C + 1 systems (and all bootstrap
-replicates) in one batched dense LU. Larger chains: one Jacobi iteration x <- D_K (Q x + r) for all
-systems and replicates at once (a block-diagonal sparse product per step) that stops only when an a
-posteriori bound proves |error| <= ITER_RTOL (1e-12) * P(conv) (and * E[value]): with B = D_K Q <= Q
-the error is (I - B)^-1 residual, bounded by the expected number of states visited from (start)
-(itself bounded from two extra iterated columns, t = sum Q^j 1 and Q^m 1) times max|residual|.
-Systems without such a proof within ITER_MAX steps (nearly closed loops) go to a sparse LU of
-I - Q_KK, the reference solver. Revenue: a conversion from last state s is worth the mean value per
+replicates) in one batched dense LU. Larger chains: the expected visits y = (I - Q_KK^T)^-1 e_start
+of every system and replicate by one Jacobi iteration y <- D_K (e_start + Q^T y) (a block-diagonal
+sparse x dense product per step), x_start = y . r, stopped only when an a posteriori bound proves
+|error| <= ITER_RTOL (1e-12) * P(conv) (and * E[value]): the error is x_K . residual with x_K a
+probability <= 1 (a value <= the largest mean value per conversion of a state), so
+|error| <= ||residual||_1 (* that value). Systems without such a proof within ITER_MAX steps (nearly
+closed loops) go to a sparse LU of I - Q_KK, the reference solver. Revenue: a conversion from last state s is worth the mean value per
 conversion of paths ending in s; value removal effects are computed on that expected value at
 absorption. Bootstrap Poisson draws of rates shared by many rows (integer counts) are exact
 inversions of the Poisson CDF started from a guide table; replicates are solved in blocks.
@@ -556,66 +556,63 @@ def _absorb_dense(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.ndarray
 
 def _absorb_iterative(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.ndarray,
                       rtol: float = ITER_RTOL, max_iter: int = ITER_MAX):
-    """Jacobi iteration x <- D_K (Q x + r) for all (replicate, mask) systems at once, with a proof of accuracy.
+    """Expected visits by Jacobi iteration, all (replicate, mask) systems at once, with a proof of accuracy.
 
-    All replicates of a batch form one block-diagonal sparse Q, all masks (and their conversion /
-    value right-hand sides) the columns of one dense block, so an iteration is one sparse x dense
-    product. Starting from 0 the iterates increase monotonically to the solution (Q, r >= 0).
-    Error bound: with B = D_K Q <= Q (entrywise) and residual rho = D_K (Q x + r) - x, the error is
-    e = (I - B)^-1 rho, so |e_start| <= t_start * max|rho| where t = (I - Q)^-1 1 (expected number of
-    transient states visited). Two extra columns carry t_m = sum_{j<m} Q^j 1 and v_m = Q^m 1, giving
-    t_start <= t_m,start + v_m,start * max(t_m) / (1 - max(v_m)) once max(v_m) < 1. A (replicate, mask)
-    is done when that bound is <= rtol * the full chain's value; x (b, m, 2) and ok (b, m) are
-    returned (not ok: no proof within max_iter, e.g. a nearly closed loop; use the LU solver)."""
+    For a mask D (kept states K) and B = D Q D, y = (I - B^T)^-1 e_start are the expected visits to
+    each kept state from (start), and x_start = y . r (conversion and value columns of r alike, so
+    one column per mask). Iteration y <- D (e_start + Q^T y) from 0 increases monotonically to y;
+    all replicates of a batch form one block-diagonal sparse Q^T and all masks the columns of one
+    dense block, so a step is one sparse x dense product. Error bound: with the residual
+    rho = D (e_start + Q^T y~) - y~, the error of x_start is x_K . rho, where x_K (the masked solution
+    from every state) is a probability <= 1 for conversions and <= vmax = the largest mean value per
+    conversion of any state for value; so |error| <= ||rho||_1 (* vmax). A (replicate, mask) is done
+    when that is <= rtol * the full chain's P(conv) (E[value]); returns x (b, m, 2) and ok (b, m)
+    (not ok: no proof within max_iter, e.g. a nearly closed loop; use the LU solver)."""
     S, P = ch.n_states, len(ch.pair_from)
     b, m = len(qdata), keep.shape[1]
-    nc = 2 * m + 2
-    it_col, iv_col = 2 * m, 2 * m + 1
-    K1 = np.ones((S, nc))
-    K1[:, :2 * m] = np.repeat(keep, 2, axis=1)
-    indptr1 = np.concatenate([[0], np.cumsum(np.bincount(ch.pair_from, minlength=S))])
+    perm = np.lexsort((ch.pair_from, ch.pair_to))                      # Q^T in CSR: rows = pair_to
+    indptr1 = np.concatenate([[0], np.cumsum(np.bincount(ch.pair_to, minlength=S))])
+    idx1 = ch.pair_from[perm]
+    Kf = keep.astype(float)
     x = np.zeros((b, m, 2))
     ok = np.zeros((b, m), bool)
-    step = max(1, int(2 ** 20 // (S * nc)))
+    step = max(1, int(2 ** 20 // (S * m)))
     check = 4
     for s in range(0, b, step):
         bc = min(step, b - s)
         off = np.arange(bc)
         indptr = np.concatenate([(indptr1[None, :-1] + P * off[:, None]).ravel(), [bc * P]])
-        indices = (ch.pair_to[None, :] + S * off[:, None]).ravel()
-        Qb = sp.csr_matrix((qdata[s:s + bc].ravel(), indices, indptr), shape=(bc * S, bc * S))
-        Kb = np.tile(K1, (bc, 1))
-        R = np.zeros((bc, S, nc))
-        R[:, :, 0:2 * m:2] = r[s:s + bc, :, 0:1]
-        R[:, :, 1:2 * m:2] = r[s:s + bc, :, 1:2]
-        R[:, :, it_col] = 1.0
-        R = R.reshape(bc * S, nc) * Kb
-        X = np.zeros((bc * S, nc))
-        X[:, iv_col] = 1.0
+        indices = (idx1[None, :] + S * off[:, None]).ravel()
+        Qt = sp.csr_matrix((qdata[s:s + bc][:, perm].ravel(), indices, indptr), shape=(bc * S, bc * S))
+        Kb = np.tile(Kf, (bc, 1))
+        E = np.zeros((bc * S, m))
+        E[off * S] = 1.0                                                   # (start) is always kept
+        rc, rv = r[s:s + bc, :, 0], r[s:s + bc, :, 1]                      # (bc, S)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vmax = np.where(rc > 0, rv / np.where(rc > 0, rc, 1.0), 0.0).max(axis=1)
+        cmax = (rc > 0).any(axis=1).astype(float)                          # 0: nothing converts, x = 0
+        X = np.zeros((bc * S, m))
         done = np.zeros((bc, m), bool)
         hist = []
         for it in range(1, max_iter + 1):
-            Y = Qb @ X
+            Y = Qt @ X
             Y *= Kb
-            Y += R
+            Y += E
             if it % check == 0 or it == max_iter:
-                Y3, X3 = Y.reshape(bc, S, nc), X.reshape(bc, S, nc)
-                rho = np.abs(Y3[:, :, :2 * m] - X3[:, :, :2 * m]).max(axis=1)        # (bc, 2m)
-                t, v = Y3[:, :, it_col], Y3[:, :, iv_col]
-                q = v.max(axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    tau = np.where(q < 1, t[:, 0] + v[:, 0] * t.max(axis=1) / (1 - q), np.inf)
-                scale = Y3[:, 0, :2]                                                  # full chain (lower bound)
-                with np.errstate(invalid="ignore"):
-                    bound = (tau[:, None] * rho).reshape(bc, m, 2)
-                    good = bound <= rtol * scale[:, None, :]
-                done = good.all(axis=2)
+                Y3 = Y.reshape(bc, S, m)
+                rho = np.abs(Y3 - X.reshape(bc, S, m)).sum(axis=1)            # (bc, m)
+                base_c = np.einsum("bs,bs->b", Y3[:, :, 0], rc)             # full chain, lower bounds
+                base_v = np.einsum("bs,bs->b", Y3[:, :, 0], rv)
+                err_c, err_v = rho * cmax[:, None], rho * vmax[:, None]
+                good = (err_c <= rtol * base_c[:, None]) & (err_v <= rtol * base_v[:, None])
+                done = good
                 if done.all():
                     X = Y
                     break
                 # give up early if the observed contraction cannot reach the tolerance within max_iter
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = float(np.where(good, 0.0, bound / (rtol * scale[:, None, :])).max())
+                    ratio = float(np.where(good, 0.0, np.maximum(err_c / (rtol * base_c[:, None]),
+                                                                 err_v / (rtol * base_v[:, None]))).max())
                 hist.append(ratio)
                 if len(hist) > 4 and np.isfinite(ratio) and np.isfinite(hist[-5]) and hist[-5] > 0:
                     rate = (ratio / hist[-5]) ** (1.0 / (4 * check))
@@ -623,7 +620,9 @@ def _absorb_iterative(ch: _Chain, qdata: np.ndarray, r: np.ndarray, keep: np.nda
                         X = Y
                         break
             X = Y
-        x[s:s + bc] = X.reshape(bc, S, nc)[:, 0, :2 * m].reshape(bc, m, 2)
+        X3 = X.reshape(bc, S, m)
+        x[s:s + bc, :, 0] = np.einsum("bsm,bs->bm", X3, rc)
+        x[s:s + bc, :, 1] = np.einsum("bsm,bs->bm", X3, rv)
         ok[s:s + bc] = done
     return x, ok
 
