@@ -420,7 +420,7 @@ def _build_chain(tok: _Tokens, order: int) -> _Chain:
     # windows are in path order, so the (pair, path) entries are already column-sorted: CSC directly
     # (a pair repeated within a path stays as duplicate entries; products sum them)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(win_path, minlength=len(n)))]).astype(np.int64)
-    incidence = sp.csc_matrix((np.ones(len(pair)), pinv.astype(np.int64), indptr), shape=(len(upair), len(n)))
+    incidence = sp.csc_matrix((np.ones(len(pair)), pinv, indptr), shape=(len(upair), len(n)))
     last_state = np.full(len(n), -1, dtype=np.int64)
     is_last = np.ones(len(sid), bool)
     if len(sid) > 1:
@@ -1150,6 +1150,7 @@ def attribute_all(paths: pd.DataFrame, a: dict, *, heuristics: pd.DataFrame | No
 
 def run_stage(params: dict) -> dict:
     """DVC stage ``attribute``: every model -> data/results/attribution.csv, metrics/attribution.json."""
+    from . import config
     from .config import path as ppath
     a = _params(params)
     jdir = ppath(params, a["journeys_dir"])
@@ -1171,8 +1172,13 @@ def run_stage(params: dict) -> dict:
     B = int(a["bootstrap_replicates"])
     result = attribute_all(_filter_type(paths_all, jt), a, heuristics=sel(heur_all, jt), journeys=sel(jour_all, jt),
                            hazard_ratios=hazard_ratios, bootstrap=B, notes=notes)
-    if a.get("costs"):
-        cfile = ppath(params, a["costs"])
+    costs = a.get("costs")
+    if str(costs).lower() == "auto":   # the simulator's media costs, only for the simulator's own data
+        costs = config.get(params, "simulate.costs", None) if config.simulated_input(params) else None
+        if costs and not ppath(params, costs).exists():
+            costs = None
+    if costs:
+        cfile = ppath(params, costs)
         if not cfile.exists():
             raise AttributionError(f"{cfile}: costs file named in params.yaml attribution.costs not found "
                                    f"(CSV with columns touchpoint, cost), or set attribution.costs: null.")
@@ -1201,7 +1207,7 @@ def run_stage(params: dict) -> dict:
     # ground truth on acquisition journeys
     truth_file = ppath(params, a["truth"])
     gt = None
-    if truth_file.exists():
+    if truth_file.exists() and config.simulated_input(params):   # the simulator's truth describes only its own data
         truth = json.loads(truth_file.read_text())
         tshare = truth.get("incremental_share") or {}
         acq = attribute_all(_filter_type(paths_all, "acquisition"), a, heuristics=sel(heur_all, "acquisition"),
@@ -1209,7 +1215,8 @@ def run_stage(params: dict) -> dict:
         gt = ground_truth_table(acq, tshare)
     metrics["ground_truth"] = gt
     if gt is None:
-        metrics["ground_truth_note"] = f"{truth_file} not found (not simulated data): no ground truth."
+        metrics["ground_truth_note"] = (f"{truth_file} not found" if not truth_file.exists() else
+                                        "the input is not the simulator's output") + " (not simulated data): no ground truth."
     metrics["notes"] = notes
     mfile = ppath(params, a["metrics"])
     mfile.parent.mkdir(parents=True, exist_ok=True)
