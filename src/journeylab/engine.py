@@ -57,7 +57,10 @@ def connect(params: dict) -> ibis.BaseBackend:
         kwargs["preserve_insertion_order"] = bool(b.get("preserve_insertion_order", False))
         con = ibis.duckdb.connect(db, **kwargs)
         con.raw_sql("SET TimeZone = 'UTC'")
-        con.raw_sql("SET enable_progress_bar = false")
+        try:   # inside a Jupyter kernel DuckDB refuses to touch the setting without ipywidgets
+            con.raw_sql("SET enable_progress_bar = false")
+        except Exception:  # noqa: BLE001 - cosmetic setting only
+            pass
         return con
     if name == "spark":
         try:
@@ -184,6 +187,19 @@ def journey_events(events: ibis.Table) -> ibis.Table:
     return e.mutate(journey_index=(e.is_conv.sum().over(w) + 1 - e.is_conv).cast("int64"))
 
 
+def _timed(events: ibis.Table) -> ibis.Table:
+    """Events + ``t`` (epoch seconds, float) without the journey window (for the tables that
+    do not need journey_index: customer features and attributes, funnel, last activity)."""
+    return events if "t" in events.columns else events.mutate(t=_secs(events.ts))
+
+
+def _all_events(events: ibis.Table, opts: dict) -> ibis.Table:
+    """Every clean event (``opts['events_all']`` in build_all, where ``events`` holds only the
+    journey events: path touches, conversions and dissolutions)."""
+    ev = opts.get("events_all")
+    return _timed(events if ev is None else ev)
+
+
 def _jtype(idx):
     return ibis.ifelse(idx == 1, "acquisition", "repeat")
 
@@ -255,7 +271,7 @@ def customer_attributes(events: ibis.Table, attrs: Sequence[str] | None = None) 
     plus ``<attr>__t`` (its epoch seconds, used to keep features leak-free).
 
     One aggregation: the minimum of a (ts, event_id, value) struct over the non-null rows."""
-    e = journey_events(events)
+    e = _timed(events)
     attrs = attribute_columns(events) if attrs is None else list(attrs)
     aggs: dict[str, Any] = {}
     for a in attrs:
@@ -490,12 +506,15 @@ def survival(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     end_t_w = _epoch(opts["window_end"])
     study_t = _epoch(opts["study_start"])
     lost_s = float(opts.get("lost_inactivity_days", 60)) * SECONDS_PER_DAY
-    act = e.group_by(["customer_id", "journey_index"]).aggregate(_act_t=e.t.max(), _act_ts=e.ts.max())
+    # last activity matters only for journeys that did not convert, i.e. the customer's last
+    # journey, whose last event is the customer's last event: one aggregation per customer
+    ea = _all_events(events, opts)
+    act = ea.group_by("customer_id").aggregate(_act_t=ea.t.max(), _act_ts=ea.ts.max())
     dis = e.filter(e.kind == "dissolution").select("customer_id", "journey_index", _d_t="t", _d_ts="ts")
     dj = dis.join(j.select("customer_id", "journey_index", "_start_t"), ["customer_id", "journey_index"])
     dj = dj.filter(dj._d_t >= dj._start_t)
     dfirst = dj.group_by(["customer_id", "journey_index"]).aggregate(_d_t=dj._d_t.min(), _d_ts=dj._d_ts.min())
-    s = j.left_join(act, ["customer_id", "journey_index"]).select(j, act._act_t, act._act_ts)
+    s = j.left_join(act, "customer_id").select(j, act._act_t, act._act_ts)
     s = s.left_join(dfirst, ["customer_id", "journey_index"]).select(s, dfirst._d_t, dfirst._d_ts)
     conv_t = ibis.ifelse(s.converted, s._end_t, ibis.null("float64"))
     by_diss = s._d_t.notnull() & (~s.converted | (s._d_t < conv_t))
@@ -575,7 +594,7 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     with the cutoffs combines buckets ``<= j`` (features) and ``> j`` (labels: first event
     and first dissolution at/after the cutoff). Window counts come from touch events at most
     max-window days before a cutoff only (small range join on the cutoffs)."""
-    e = journey_events(events)
+    e = _all_events(events, opts)
     tps = opts.get("all_touchpoints")
     if tps is None:
         tps = discover_touchpoints(e)
@@ -704,7 +723,7 @@ def funnel(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     conversion_from_previous = customers / customers of the previous stage; drop_off = 1 -
     conversion; days in stage = first entry into a later stage - first entry into this stage
     (customers who entered and later moved on; others are not counted)."""
-    e = journey_events(events)
+    e = _all_events(events, opts)
     stages = list(opts.get("stages") or DEFAULT_STAGES)
     st = e.filter(e.stage.isin(stages))
     order = ibis.cases(*[(st.stage == s, i + 1) for i, s in enumerate(stages)])
@@ -779,17 +798,24 @@ def prepare(con, events: ibis.Table, opts: dict, materialise: bool = True) -> di
     (journey events, journey touches, customer attributes); returns the options to pass
     to every table function."""
     opts = dict(opts)
-    e = journey_events(events)
+    ev_all = _timed(events)
+    # journey_index (a window over each customer's events) only for the rows that need it:
+    # path touches, conversions and dissolutions; the other tables scan the events directly
+    phases = list(opts.get("path_phases") or ["pre_purchase", "purchase"])
+    sub = events.filter(events.kind.isin(["conversion", "dissolution"])
+                        | ((events.kind == "touch") & events.phase.isin(phases)))
+    e = journey_events(sub.select("customer_id", "ts", "event_id", "kind", "touchpoint", "phase", "value"))
     if materialise:
         e = _materialise(con, e, "jl_events")
+    opts["events_all"] = ev_all
     opts["attrs"] = attribute_columns(events)
-    tp_phase = e.filter(e.kind == "touch").select("touchpoint", "phase").distinct()
+    tp_phase = events.filter(events.kind == "touch").select("touchpoint", "phase").distinct()
     if materialise:
         tp_phase = _materialise(con, tp_phase, "jl_tp_phase")
     opts["all_touchpoints"] = discover_touchpoints(tp_phase.mutate(kind=ibis.literal("touch")))
     opts["touchpoints"] = discover_touchpoints(tp_phase.mutate(kind=ibis.literal("touch")), opts["path_phases"])
     touches = journey_touches(e, **opts)
-    ca = customer_attributes(e, opts["attrs"])
+    ca = customer_attributes(ev_all, opts["attrs"])
     if materialise:
         touches = _materialise(con, touches, "jl_touches")
         ca = _materialise(con, ca, "jl_customer_attrs")
@@ -840,7 +866,7 @@ def _build(params: dict) -> tuple[dict, dict]:
         seconds[name] = round(time.perf_counter() - ts, 3)
     metrics = {"backend": backend_name(con), "rows": rows, "seconds": seconds,
                "seconds_total": round(time.perf_counter() - t0, 3),
-               "events": int(opts["events_j"].count().to_pyarrow().as_py()),
+               "events": int(opts["events_all"].count().to_pyarrow().as_py()),
                "touchpoints": opts["touchpoints"], "attributes": opts["attrs"]}
     mpath = config.path(params, e_par.get("metrics", "metrics/engine.json"))
     mpath.parent.mkdir(parents=True, exist_ok=True)
