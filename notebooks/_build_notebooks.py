@@ -203,7 +203,8 @@ else:
 # ----------------------------------------------------------------------------- time_to_conversion
 build("time_to_conversion", [
     code(PARAMS_DOC + "group_by = None        # list of grouping columns for the curves (None: survival.group_by)\n"
-         "max_days = 180         # x-axis limit of the curves (days)\n", tags=["parameters"]),
+         "max_days = 180         # x-axis limit of the curves (days)\n"
+         "min_group_size = 30    # groups with fewer journeys are left out of the curves (still in the tables)\n", tags=["parameters"]),
     code("""
 from journeylab import report, plots
 params = report.start("time_to_conversion", params_path, as_of)
@@ -234,13 +235,14 @@ if m is None or cif is None or not groups:
 else:
     for g in groups:
         d = cif[(cif["group_col"] == g) & (cif["cause"] == "converted") & (cif["time"] <= max_days)]
+        d = d[~d["group"].astype(str).isin(report.small_groups(m, g, min_group_size))]
         if not len(d):
             continue
         fig, ax = plots.new_ax()
         plots.curves(d.assign(cif=100 * d["cif"]), "time", "cif", group="group", ax=ax, xlabel="days since the journey started",
                      ylabel="converted (%)", title=f"Share converted by day, by {g.replace('_', ' ')}")
         report.figure(fig)
-        report.md(report.survival_group_text(m, g))
+        report.md(report.survival_group_text(m, g, min_group_size))
         t = report.survival_group_table(m, g)
         if t is not None:
             report.table(t, {"journeys": report.fmt_int, "converted": report.fmt_int, "median_days": report.fmt_num,
@@ -344,6 +346,13 @@ else:
     plots.model_comparison(chart if len(chart) else show, ax=ax, title="Share of conversions credited to each touchpoint (main models; all in the table)")
     report.figure(fig)
     report.table(report.attribution_wide(show), {c: report.fmt_pct for c in report.attribution_wide(show).columns if c != "touchpoint"})
+    main = [x for x in ["last", "linear", "markov_1", "markov_2", "shapley", "hazard"] if x in set(show["model"])]
+    ci = report.attribution_ci_table(show, main)
+    if ci is not None:
+        report.md("**Uncertainty.** Share of conversions with its 95% bootstrap confidence interval (journeys resampled "
+                  f"{report.fmt_int((m or {}).get('bootstrap_replicates'))} times) for the main models. Where intervals of two "
+                  "touchpoints overlap, the data cannot tell which one deserves more credit.")
+        report.table(ci)
 """),
     md("## Against the ground truth\n\nOn simulated data we know how many conversions each touchpoint really caused (by re-running the simulation without it). The distance below is the total share of credit given to the wrong touchpoints (0% = perfect)."),
     code("""
@@ -360,7 +369,8 @@ t = report.attribution_cost_table(att)
 if t is None:
     report.unavailable("Cost per conversion and ROAS", "no costs table configured (attribution.costs in params.yaml)")
 else:
-    report.table(t)
+    report.md(report.attribution_cost_text(t))
+    report.table(t, {c: (lambda v: report.fmt_num(v, 2)) for c in t.columns if c != "touchpoint"})
 """),
 ])
 print("notebooks written to", HERE)

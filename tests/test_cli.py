@@ -61,3 +61,19 @@ def test_repository_params_cover_every_dvc_stage_section():
         for key in entries:
             key = key if isinstance(key, str) else next(iter(key))
             get(params, key)  # raises ConfigError naming the key
+
+
+def test_simulator_truth_applies_only_to_the_simulators_own_output(tmp_path):
+    from journeylab import config
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "raw" / "truth.json").write_text("{}")
+    base = {"simulate": {"output": "data/raw/events.parquet", "truth": "data/raw/truth.json"},
+            "ingest": {"input": "data/raw/events.parquet"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base))
+    params = load_params(tmp_path / "params.yaml")
+    assert config.simulated_input(params)
+    assert config.truth_file(params) == tmp_path / "data" / "raw" / "truth.json"
+    own = load_params(tmp_path / "params.yaml", overrides={"ingest.input": "data/raw/crm_export/*.csv"})
+    assert not config.simulated_input(own) and config.truth_file(own) is None   # user data: no simulated truth
+    (tmp_path / "data" / "raw" / "truth.json").unlink()
+    assert config.truth_file(params) is None

@@ -239,3 +239,15 @@ def test_truth_churn_population_and_labels_follow_the_engine_definitions(sim):
     cancel_after = after[after.event_type == "cancellation"].groupby("customer_id").size()
     label = ~got.index.isin(any_after.index) | got.index.isin(cancel_after.index)
     assert (got.label.to_numpy() == label).all()
+
+
+def test_demo_media_costs_are_touches_times_unit_cost(small_project):
+    import pandas as pd
+    from journeylab.config import path
+    raw = pd.read_parquet(path(small_project, small_project["simulate"]["output"]), columns=["touchpoint", "event_type"])
+    costs = pd.read_csv(path(small_project, small_project["simulate"]["costs"])).set_index("touchpoint")
+    unit = small_project["simulate"]["cost_per_touch"]
+    assert set(costs.index) == set(unit)                      # only the paid touchpoints priced in params
+    for tp, u in unit.items():
+        n = int(((raw.touchpoint == tp) & (raw.event_type == "touch")).sum())
+        assert costs.loc[tp, "touches"] == n and costs.loc[tp, "cost"] == pytest.approx(n * u, abs=0.01)

@@ -239,7 +239,9 @@ def test_time_varying_model_recovers_synthetic_truth():
     covered = sum(np.log(s.loc[t, "ci_low"]) <= v <= np.log(s.loc[t, "ci_high"]) for t, v in truth.items())
     assert covered >= 3
     assert (np.abs(s["log_hr"] - pd.Series(truth)) < 0.05).all()
-    assert th.sentences()[0].startswith("one more email touch multiplies the conversion rate by")
+    sent = th.sentences()   # strongest effect first: paid_search (true log-HR 0.25)
+    assert sent[0].startswith("one more paid search touch multiplies the conversion rate by 1.2")
+    assert any(x.startswith("one more email touch multiplies the conversion rate by") for x in sent)
 
 
 # ------------------------------------------------------------------------------- awkward data
@@ -373,10 +375,12 @@ def test_plots_take_ax():
 def test_default_simulation_truth(default_project):
     m = sv.run_stage(default_project)
     truth = json.loads(sv.config.path(default_project, default_project["simulate"]["truth"]).read_text())
-    # AJ P(convert by 90 days) within sampling error (3 SE from the CI half-width + 0.02 for engine rules)
-    est = m["p_convert"]["90"]
-    se = (est["ci_high"] - est["ci_low"]) / (2 * 1.96)
-    assert abs(est["p"] - truth["p_convert_by_day"]["90"]) < 3 * se + 0.02
+    # AJ P(convert by day h) within sampling error of the latent truth (3 SE from the CI half-width,
+    # + 0.005 for the engine's observable "lost" rule); the attribution lookback must not truncate durations
+    for h in ("30", "90"):
+        est = m["p_convert"][h]
+        se = (est["ci_high"] - est["ci_low"]) / (2 * 1.96)
+        assert abs(est["p"] - truth["p_convert_by_day"][h]) < 3 * se + 0.005, h
     # time-varying Cox CIs cover the true per-touch log-HRs for most channels
     cov = m["truth"]["log_hazard_ratios"]
     n_cov = sum(v["covered"] for v in cov.values())

@@ -78,3 +78,26 @@ def path(params: dict, relative: str | os.PathLike) -> Path:
     """Resolve a project-relative path from params against the project root."""
     p = Path(relative)
     return p if p.is_absolute() else root(params) / p
+
+
+def simulated_input(params: dict) -> bool:
+    """True when the pipeline's input is the built-in simulator's output (``ingest.input`` is
+    ``simulate.output``), i.e. when the simulator's ground truth describes the data analysed."""
+    inp = get(params, "ingest.input", None)
+    sim = get(params, "simulate.output", "data/raw/events.parquet")
+    if not inp or not sim:
+        return False
+    try:
+        return path(params, str(inp)).resolve() == path(params, str(sim)).resolve()
+    except OSError:
+        return False
+
+
+def truth_file(params: dict, key: str = "simulate.truth", default: str = "data/raw/truth.json") -> Path | None:
+    """Path of a simulator ground-truth file when it exists *and* describes the analysed data
+    (see :func:`simulated_input`); None otherwise (a user's own data has no ground truth, even
+    though the simulate stage still writes one)."""
+    if not simulated_input(params):
+        return None
+    p = path(params, get(params, key, default))
+    return p if p.exists() else None

@@ -231,7 +231,10 @@ def importance(imp: pd.DataFrame, ax=None, top: int = 12):
 def lifecycle(life: pd.DataFrame, ax=None):
     """Stacked shares of customers by lifecycle stage per cutoff (life: cutoff, stage, customers)."""
     ax = _ax(ax)
+    from .schema import LIFECYCLE_STAGES
     w = life.pivot_table(index="cutoff", columns="stage", values="customers", aggfunc="sum").fillna(0)
+    order = [c for c in LIFECYCLE_STAGES if c in w.columns] + [c for c in w.columns if c not in LIFECYCLE_STAGES]
+    w = w[order]   # stages in lifecycle order (awareness -> ... -> dissolution), not alphabetically
     w = w.div(w.sum(axis=1).replace(0, np.nan), axis=0) * 100
     w.index = [str(i)[:10] for i in w.index]
     w.plot(kind="bar", stacked=True, ax=ax, colormap="viridis", width=0.8)

@@ -445,7 +445,7 @@ def table(df: Any, formats: dict | None = None, index: bool = False, max_rows: i
         if col in d:
             d[col] = [f(v) if callable(f) else (f.format(v) if v is not None and v == v else "n/a") for v in d[col]]
     d.columns = [str(c).replace("_", " ") for c in d.columns]
-    display(HTML(d.to_html(index=index, border=0, na_rep="n/a", escape=True)))
+    display(HTML('<div class="jl-table">' + d.to_html(index=index, border=0, na_rep="n/a", escape=True) + "</div>"))
 
 
 def figure(fig: Any) -> None:
@@ -539,7 +539,8 @@ def survival_summary(m: dict | None) -> list[str]:
                    + ", ".join(f"{fmt_pct(v[0])} by day {k}" for k, v in pc.items()) + ".")
     sentences = m.get("hazard_ratio_sentences") or []
     if sentences:
-        out.append(str(sentences[0]).rstrip(".") + ".")
+        first = str(sentences[0]).rstrip(".")
+        out.append("The strongest touchpoint effect: " + first + ".")
     return out[:6]
 
 
@@ -574,14 +575,28 @@ def survival_group_table(m: dict, g: str) -> Any:
     return pd.DataFrame(rows).sort_values("journeys", ascending=False).rename(columns={"group": g})
 
 
-def survival_group_text(m: dict, g: str) -> str:
+def small_groups(m: dict, g: str, min_journeys: int = 30) -> list[str]:
+    """Group values with fewer than ``min_journeys`` journeys (too few for a readable curve)."""
+    grp = (m.get("by_group") or {}).get(g) or {}
+    return sorted(str(k) for k, s in grp.items() if (s.get("n_journeys") or 0) < min_journeys)
+
+
+def survival_group_text(m: dict, g: str, min_journeys: int = 30) -> str:
+    """Fastest/slowest group by KM median (groups with at least ``min_journeys``), log-rank test."""
     t = survival_group_table(m, g)
     lr = (m.get("logrank") or {}).get(g) or {}
     parts = []
-    if t is not None and "median_days" in t and t["median_days"].notna().any():
+    if t is not None:
+        t = t[t["journeys"].fillna(0) >= min_journeys]
+    if t is not None and len(t) > 1 and "median_days" in t and t["median_days"].notna().any():
         fast, slow = t.loc[t["median_days"].idxmin()], t.loc[t["median_days"].idxmax()]
         parts.append(f"By {g.replace('_', ' ')}, the fastest group is {fast[g]} (median {fmt_num(fast['median_days'])} days) "
                      f"and the slowest {slow[g]} (median {fmt_num(slow['median_days'])} days).")
+    small = small_groups(m, g, min_journeys)
+    if small:
+        parts.append(f"{', '.join(small)} ha{'s' if len(small) == 1 else 've'} fewer than {min_journeys} journeys: "
+                     f"{'its' if len(small) == 1 else 'their'} curve{'' if len(small) == 1 else 's'} "
+                     f"{'is' if len(small) == 1 else 'are'} left out of the figure (the table still lists them).")
     p = lr.get("p_value", lr.get("p"))
     if p is not None:
         parts.append(f"A log-rank test {'finds' if p < 0.05 else 'does not find'} a difference between the groups "
@@ -663,7 +678,7 @@ def churn_summary(m: dict | None) -> list[str]:
         k, r = best
         base = r.get("base_rate")
         out.append(f"Of the {fmt_int(r.get('n_scored'))} active customers on {ev}, {fmt_pct(base)} left within the next "
-                   f"{m.get('horizon_days')} days.")
+                   f"{fmt_num(m.get('horizon_days'), 0)} days.")
         out.append(f"The {CHURN_MODEL_LABELS.get(k, k)} model ranks them with ROC-AUC {fmt_num(r['roc_auc'], 3)}; its 10% "
                    f"highest-risk customers contain {fmt_pct(r.get('capture_top_decile'))} of all leavers "
                    f"({fmt_num(r.get('lift_top_decile'), 1)}× the average rate).")
@@ -685,8 +700,21 @@ def churn_model_text(m: dict) -> str:
     if not best:
         return m.get("models_note") or ""
     k, r = best
-    return (f"The best model is {CHURN_MODEL_LABELS.get(k, k)}: its expected calibration error is "
+    text = (f"The best model is {CHURN_MODEL_LABELS.get(k, k)}: its expected calibration error is "
             f"{fmt_pct(r.get('ece'), 1)} (average gap between predicted and observed risk).")
+    return text + " " + churn_survival_text(m)
+
+
+def churn_survival_text(m: dict | None) -> str:
+    """One sentence on the time-to-dissolution model ('when', not only 'whether')."""
+    s = (m or {}).get("survival") or {}
+    c = s.get("c_index_eval")
+    if c is None:
+        return f"No time-to-dissolution model: {s.get('note') or s.get('survival_note') or 'not fitted'}." if s else ""
+    label = {"cox_ph": "Cox proportional-hazards", "weibull_aft": "Weibull AFT"}.get(s.get("model"), str(s.get("model")))
+    return (f"A {label} model of the time until a customer leaves orders customers by how soon they leave with "
+            f"C-index {fmt_num(c, 3)} on the evaluation date (0.5 = guessing, 1 = perfect order; "
+            f"{fmt_int(s.get('n_eval'))} customers).")
 
 
 def churn_driver_text(m: dict | None) -> str:
@@ -725,6 +753,41 @@ def attribution_wide(d: Any) -> Any:
     return d.pivot_table(index="touchpoint", columns="model", values="share", aggfunc="sum").reset_index()
 
 
+def model_label(model: str) -> str:
+    """'markov_2' -> 'Markov (order 2)', 'last_non_direct' -> 'last non-direct'."""
+    if model.startswith("markov_"):
+        return f"Markov (order {model.split('_', 1)[1]})"
+    return {"shapley": "Shapley", "hazard": "hazard-based", "last_non_direct": "last non-direct",
+            "linear_unique": "linear (unique)", "position_based": "position-based", "time_decay": "time decay"}.get(
+        model, model.replace("_", " "))
+
+
+def attribution_ci_table(d: Any, models: Iterable[str]) -> Any:
+    """Touchpoint x model: share of conversions with its 95% bootstrap CI, as text ('21.2% (20.9–21.5)').
+
+    The CI columns of attribution.csv are in conversions; they are divided by the model's total
+    credited conversions (a fixed total, so the interval is that of the share to within the
+    bootstrap variation of the total)."""
+    import pandas as pd
+    rows = {}
+    for model in models:
+        sub = d[d["model"] == model]
+        if not len(sub):
+            continue
+        total = float(sub["conversions"].sum())
+        col = {}
+        for r in sub.itertuples():
+            text = fmt_pct(r.share, 1)
+            lo, hi = getattr(r, "ci_low", None), getattr(r, "ci_high", None)
+            if lo is not None and hi is not None and lo == lo and hi == hi and total > 0:
+                text += f" ({100 * lo / total:.1f}–{100 * hi / total:.1f})"
+            col[r.touchpoint] = text
+        rows[model_label(model)] = col
+    if not rows:
+        return None
+    return pd.DataFrame(rows).rename_axis("touchpoint").reset_index().fillna("n/a")
+
+
 def attribution_summary(m: dict | None, att: Any) -> list[str]:
     """Executive summary of the attribution results."""
     if att is None or not len(att):
@@ -740,9 +803,9 @@ def attribution_summary(m: dict | None, att: Any) -> list[str]:
             if "ci_low" in sub and top.get("ci_low") == top.get("ci_low"):
                 total = float(sub["conversions"].sum()) if "conversions" in sub else 0.0
                 scale = 1 / total if (top.get("ci_high", 0) > 1 and total > 0) else 1.0  # CIs in conversions
-                ci = _ci(top["ci_low"] * scale, top["ci_high"] * scale, fmt_pct)
-            out.append(f"The {model.replace('_', ' order ')} model gives the most credit to {top['touchpoint']}: "
-                       f"{fmt_pct(top['share'])} of conversions{ci}.")
+                ci = _ci(top["ci_low"] * scale, top["ci_high"] * scale, lambda v: fmt_pct(v, 1))
+            out.append(f"The {model_label(model)} model gives the most credit to {top['touchpoint']}: "
+                       f"{fmt_pct(top['share'], 1)} of conversions{ci}.")
             break
     gt = (m or {}).get("ground_truth") or {}
     if gt.get("best_data_driven"):
@@ -758,7 +821,8 @@ def attribution_truth_table(m: dict | None) -> Any:
     rows = gt.get("models") or []
     if not rows:
         return None
-    return pd.DataFrame([{"model": r["model"], "l1_distance": r.get("l1")} for r in rows]).sort_values("l1_distance")
+    return pd.DataFrame([{"model": model_label(str(r["model"])), "l1_distance": r.get("l1")}
+                         for r in rows]).sort_values("l1_distance")
 
 
 def attribution_truth_text(m: dict) -> str:
@@ -770,8 +834,35 @@ def attribution_truth_text(m: dict) -> str:
             "On this data the data-driven models are not closer to the truth than last-touch attribution.")
 
 
-def attribution_cost_table(att: Any) -> Any:
+def attribution_cost_table(att: Any, models: Iterable[str] = ("last", "markov_1", "shapley", "hazard")) -> Any:
+    """Touchpoints with a cost: spend, then cost per attributed conversion and ROAS (revenue / cost)
+    under each of ``models`` (those present). None when no costs were joined."""
     if att is None or not {"cost", "roas"} <= set(att.columns) or att["cost"].isna().all():
         return None
-    cols = [c for c in ("model", "touchpoint", "cost", "conversions", "cost_per_conversion", "value", "roas") if c in att]
-    return att[cols]
+    import pandas as pd
+    d = attribution_models(att)
+    d = d[d["cost"].notna() & (d["cost"] > 0)]
+    present = [m for m in models if m in set(d["model"])] or sorted(set(d["model"]))[:4]
+    out = d.groupby("touchpoint", as_index=False)["cost"].first()
+    for m in present:
+        sub = d[d["model"] == m].set_index("touchpoint")
+        out[f"cost per conversion ({model_label(m)})"] = out["touchpoint"].map(sub["cost_per_conversion"])
+        out[f"ROAS ({model_label(m)})"] = out["touchpoint"].map(sub["roas"])
+    return out.sort_values("cost", ascending=False).reset_index(drop=True)
+
+
+def attribution_cost_text(t: Any) -> str:
+    """Which paid touchpoint returns the most and the least revenue per unit of spend (first ROAS model)."""
+    roas = [c for c in t.columns if c.startswith("ROAS (")]
+    if not len(t) or not roas:
+        return ""
+    col = next((c for c in roas if "Markov" in c), roas[0])
+    v = t.dropna(subset=[col])
+    if not len(v):
+        return ""
+    hi, lo = v.loc[v[col].idxmax()], v.loc[v[col].idxmin()]
+    label = col[len("ROAS ("):-1]
+    return (f"Total spend {fmt_num(t['cost'].sum(), 0)} over {len(t)} paid touchpoints. Under {label} attribution "
+            f"**{hi['touchpoint']}** returns the most revenue per unit of spend (ROAS {fmt_num(hi[col], 1)}) and "
+            f"**{lo['touchpoint']}** the least ({fmt_num(lo[col], 1)}). ROAS depends on the attribution model: "
+            "compare the columns before moving budget.")

@@ -1014,11 +1014,34 @@ def run_stage(params: dict) -> dict:
     ctmp.replace(churn_path)
     truth = _finish_truth(S, acc)
     truth_path.write_text(json.dumps(truth, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    costs_path = get(params, "simulate.costs", None)
+    if costs_path:
+        media_costs(out, get(params, "simulate.cost_per_touch", None) or DEFAULT_COST_PER_TOUCH).to_csv(
+            project_path(params, costs_path), index=False)
     return {"customers": truth["counts"]["customers"], "events": truth["counts"]["events"],
             "rows_written": truth["counts"]["rows_written"], "conversions": truth["counts"]["conversions"],
             "acquisition_conversions": truth["acquisition_conversions"],
             "dirty_rows": truth["dirty_rows"]["total"], "oracle_auc": truth["churn"]["oracle_auc"],
             "p_convert_by_day": truth["p_convert_by_day"], "output": str(out)}
+
+
+DEFAULT_COST_PER_TOUCH = {"paid_search": 1.20, "social": 0.60, "display": 0.25, "offer": 4.00}
+
+
+def media_costs(events_path: str | Path, cost_per_touch: dict) -> pd.DataFrame:
+    """Demo media spend for the attribution report: cost = touches x cost per touch (currency
+    units) for each paid touchpoint of the raw log. Columns: touchpoint, touches, cost_per_touch, cost."""
+    import duckdb
+    con = duckdb.connect()
+    try:
+        n = con.execute("SELECT touchpoint, count(*) AS touches FROM read_parquet(?) WHERE event_type = 'touch' "
+                        "GROUP BY touchpoint", [str(events_path)]).df()
+    finally:
+        con.close()
+    unit = pd.Series({str(k): float(v) for k, v in cost_per_touch.items()}, name="cost_per_touch")
+    out = n[n["touchpoint"].isin(unit.index)].merge(unit.rename_axis("touchpoint").reset_index(), on="touchpoint")
+    out["cost"] = (out["touches"] * out["cost_per_touch"]).round(2)
+    return out.sort_values("touchpoint").reset_index(drop=True)[["touchpoint", "touches", "cost_per_touch", "cost"]]
 
 
 def file_sha256(path: str | Path) -> str:

@@ -769,7 +769,7 @@ def screen_covariates(exposure: pd.DataFrame, covariates: Sequence[str], id_col:
 
 def hr_sentence(touchpoint: str, hr: float, lo: float, hi: float) -> str:
     """'one more email multiplies the conversion rate by 1.12 (1.08-1.16)'."""
-    return f"one more {touchpoint.replace('_', ' ')} touch multiplies the conversion rate by {hr:.2f} ({lo:.2f}-{hi:.2f})"
+    return f"one more {touchpoint.replace('_', ' ')} touch multiplies the conversion rate by {hr:.2f} ({lo:.2f}–{hi:.2f})"
 
 
 class TouchpointHazards:
@@ -870,7 +870,9 @@ class TouchpointHazards:
         return m.summary_
 
     def sentences(self) -> list[str]:
-        return [hr_sentence(r.touchpoint, r.hr, r.ci_low, r.ci_high) for r in self.summary_.itertuples()]
+        """One plain sentence per touchpoint, strongest effect (largest |log HR|) first."""
+        s = self.summary_.iloc[np.argsort(-self.summary_["log_hr"].abs().to_numpy(), kind="stable")]
+        return [hr_sentence(r.touchpoint, r.hr, r.ci_low, r.ci_high) for r in s.itertuples()]
 
     def plot(self, ax=None):
         """Forest plot: HR per additional touch with CI (log x axis)."""
@@ -1108,8 +1110,8 @@ def _select_journeys(df: pd.DataFrame, journey_type: str) -> pd.DataFrame:
 
 
 def _truth_comparison(params: dict, curves: ConversionCurves, hazards: pd.DataFrame | None) -> dict:
-    p = config.path(params, config.get(params, "simulate.truth", "data/raw/truth.json"))
-    if not p.exists():
+    p = config.truth_file(params)
+    if p is None:   # not the simulator's data: no ground truth
         return {}
     try:
         truth = json.loads(p.read_text())
