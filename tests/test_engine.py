@@ -220,6 +220,21 @@ def test_exposure_intervals_and_cumulative_counts():
         ("s6", 0.0, 20.0, 2, 0, 1)]
 
 
+def test_survival_clock_not_truncated_by_attribution_lookback():
+    # lead touched on day 70 and day 180, converts on day 200 (130 days after its first touch);
+    # study_start 2024-03-01 is day 60, so there is no late entry
+    rows = [("L", 70, "email"), ("L", 180, "social"), ("L", 200, "website", "conversion", 5.0)]
+    j = run("journeys", rows)
+    assert list(j.duration_days) == [20.0] and list(j.first_touchpoint) == ["social"]   # attribution: lookback 90
+    s = run("survival", rows)
+    assert list(s.duration_days) == [130.0] and list(s.first_touchpoint) == ["email"] and list(s.event) == [1]
+    x = run("exposure", rows).sort_values("start")
+    assert [(r.start, r.stop, r.event, r.cum_email, r.cum_social) for r in x.itertuples()] == [
+        (0.0, 110.0, 0, 1, 0), (110.0, 130.0, 1, 1, 1)]
+    s30 = run("survival", rows, survival_lookback_days=30.0)   # an explicit survival lookback still applies
+    assert list(s30.duration_days) == [20.0]
+
+
 # ----------------------------------------------------------------------------- customer features
 FEAT_LOG = [
     ("k", 0, "paid_search", "touch", None, {"segment": "smb"}),
