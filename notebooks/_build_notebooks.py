@@ -72,10 +72,15 @@ else:
 if events is None:
     report.unavailable("Volumes over time", "data/clean/events.parquet has not been produced yet")
 else:
-    vol = overview.volumes(events, volume_unit)
+    vol_all = overview.volumes(events, volume_unit)
+    vol = vol_all[~vol_all["partial"]]
     fig, ax = plots.new_ax()
-    plots.volumes(vol, ax=ax, unit=volume_unit)
+    plots.volumes(vol if len(vol) else vol_all, ax=ax, unit=volume_unit)
     report.figure(fig)
+    cut = sorted(vol_all.loc[vol_all["partial"], "period"].unique())
+    if cut and len(vol):
+        report.md(f"Incomplete {volume_unit}s at the edges of the data ({', '.join(f'{p:%Y-%m-%d}' for p in cut)}) are left out "
+                  "of the figure, so a dip there is not mistaken for a drop in activity.")
     conv = vol[vol["kind"] == "conversion"]
     if len(conv):
         peak = conv.loc[conv["events"].idxmax()]

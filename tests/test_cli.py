@@ -77,3 +77,11 @@ def test_simulator_truth_applies_only_to_the_simulators_own_output(tmp_path):
     assert not config.simulated_input(own) and config.truth_file(own) is None   # user data: no simulated truth
     (tmp_path / "data" / "raw" / "truth.json").unlink()
     assert config.truth_file(params) is None
+
+
+def test_stage_summary_is_short_and_names_nested_sections():
+    text = cli.stage_summary("survival", {"n_journeys": 120, "atc_naive_days": 36.0592, "fitting_path": "exact",
+                                          "horizons": [7, 30], "p_convert": {"7": 0.05}, "cox": {"fin": -0.38}})
+    assert text.splitlines() == ["journeylab survival: done", "  n_journeys: 120", "  atc_naive_days: 36.06",
+                                 "  fitting_path: exact", "  horizons: 7, 30",
+                                 "  (also: p_convert, cox; see the stage's metrics JSON)"]

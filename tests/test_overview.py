@@ -134,6 +134,13 @@ def test_totals_concentration_funnel(tmp_path):
     assert f["conversion_from_previous"].iloc[1] == pytest.approx(22 / 40)
     vol = overview.volumes(ev, "month")
     assert vol.loc[vol["kind"] == "conversion", "events"].sum() == 17
+    # partial periods: a log from 2024-01-10 to 2024-03-31 23:00 has a partial January only
+    span = _events([("a", "2024-01-10 08:00", "email", "touch", None, None, None, None, "pre_purchase"),
+                    ("a", "2024-02-15 08:00", "email", "touch", None, None, None, None, "pre_purchase"),
+                    ("b", "2024-03-31 23:00", "email", "touch", None, None, None, None, "pre_purchase")])
+    v = overview.volumes(span, "month").set_index("period")["partial"]
+    assert v.to_dict() == {pd.Timestamp("2024-01-01"): True, pd.Timestamp("2024-02-01"): False,
+                           pd.Timestamp("2024-03-01"): False}
 
 
 def test_row_accounting():

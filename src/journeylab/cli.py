@@ -44,6 +44,29 @@ def _key_values(pairs: Sequence[str] | None) -> dict:
     return out
 
 
+def stage_summary(stage: str, result: dict, max_items: int = 14) -> str:
+    """A few readable lines about a finished stage: its top-level numbers and words (nested
+    sections are only named; the full results are in the metrics file the stage wrote)."""
+    lines = [f"journeylab {stage}: done"]
+    nested = []
+    for key, value in result.items():
+        if isinstance(value, float):
+            lines.append(f"  {key}: {value:.4g}")
+        elif isinstance(value, (int, str, bool)) or value is None:
+            text = str(value)
+            lines.append(f"  {key}: {text if len(text) <= 100 else text[:97] + '...'}")
+        elif isinstance(value, (list, tuple)) and len(value) <= 8 and all(not isinstance(v, (dict, list)) for v in value):
+            lines.append(f"  {key}: {', '.join(map(str, value))}")
+        else:
+            nested.append(key)
+        if len(lines) > max_items:
+            lines.append("  ...")
+            break
+    if nested:
+        lines.append(f"  (also: {', '.join(nested[:12])}{' ...' if len(nested) > 12 else ''}; see the stage's metrics JSON)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="journeylab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"journeylab {__version__}")
@@ -82,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(STAGES[args.command][0])
         result = module.run_stage(params)
         if result:
-            print(json.dumps(result, indent=2, default=str)[:4000])
+            print(stage_summary(args.command, result))
         return 0
     except JourneylabError as exc:
         print(f"journeylab {args.command}: {exc}", file=sys.stderr)

@@ -148,7 +148,10 @@ def totals(events) -> dict:
 
 
 def volumes(events, unit: str = "week") -> pd.DataFrame:
-    """Events and distinct customers per period (``week`` | ``month`` | ``day``) and kind."""
+    """Events and distinct customers per period (``week`` | ``month`` | ``day``) and kind.
+
+    ``partial`` marks periods not wholly inside the data's time span [first event's day,
+    last event] (e.g. the last, unfinished week): their counts are not comparable with the rest."""
     e = events
     code = {"week": "W", "month": "M", "day": "D"}[unit]
     m = e.mutate(period=e.ts.truncate(code))
@@ -156,6 +159,12 @@ def volumes(events, unit: str = "week") -> pd.DataFrame:
            .aggregate(events=m.count(), customers=m.customer_id.nunique()).to_pandas())
     per = pd.to_datetime(out["period"])
     out["period"] = per.dt.tz_convert(None) if per.dt.tz is not None else per
+    span = e.aggregate(lo=e.ts.min(), hi=e.ts.max()).to_pandas().iloc[0]
+    lo, hi = (pd.Timestamp(span["lo"]), pd.Timestamp(span["hi"]))
+    lo, hi = [x.tz_convert(None) if x.tzinfo is not None else x for x in (lo, hi)]
+    step = {"week": pd.DateOffset(weeks=1), "month": pd.DateOffset(months=1), "day": pd.DateOffset(days=1)}[unit]
+    end = out["period"] + step
+    out["partial"] = (out["period"] < lo.floor("D")) | (end > hi.floor("D") + pd.Timedelta(days=1))
     return out.sort_values(["period", "kind"]).reset_index(drop=True)
 
 
