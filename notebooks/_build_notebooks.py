@@ -39,11 +39,20 @@ def build(name, cells):
 # ----------------------------------------------------------------------------- journey_overview
 build("journey_overview", [
     code(PARAMS_DOC + 'volume_unit = "week"   # week | month | day\n'
-         "min_customers = 30     # smallest group compared in the touchpoint ratings\n", tags=["parameters"]),
+         "min_customers = 30     # smallest group compared in the touchpoint ratings\n"
+         "date_from = None       # YYYY-MM-DD: only events from this date (the report date ends the range)\n"
+         'segment_filter = None  # only these customers, e.g. {"segment": "smb"} or {"platform": ["web", "app"]}\n',
+         tags=["parameters"]),
     code("""
 from journeylab import report, overview, plots
-params = report.start("journey_overview", params_path, as_of, volume_unit=volume_unit)
+params = report.start("journey_overview", params_path, as_of, volume_unit=volume_unit, date_from=date_from,
+                      segment_filter=segment_filter)
 events = overview.load_events(params)
+if events is not None and (date_from or segment_filter or as_of):
+    events = overview.filter_events(events, date_from=date_from, as_of=params["report"]["as_of"], where=segment_filter)
+    report.md(f"*Filtered view*: events {('from ' + str(date_from) + ' ') if date_from else ''}up to {params['report']['as_of']}"
+              f"{(', customers with ' + ', '.join(f'{k} = {v}' for k, v in segment_filter.items())) if segment_filter else ''}. "
+              "Row accounting and the survival-based time to conversion describe the whole pipeline run.")
 dq = report.load_metrics(params, "data_quality")
 tot = overview.totals(events) if events is not None else None
 tps = overview.touchpoints_by_phase(events, plots.taxonomy_order(params)) if events is not None else None

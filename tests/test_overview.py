@@ -151,3 +151,17 @@ def test_row_accounting():
     assert overview.accounting_balanced(dq) is True
     assert overview.accounting_balanced({**dq, "rows_clean": 99}) is False
     assert overview.row_accounting(None) is None
+
+
+def test_filter_events_by_dates_and_attributes():
+    rows = [("a", "2024-01-05 10:00", "email", "touch", None, None, None, None, "pre_purchase"),
+            ("a", "2024-02-01 00:00", "email", "touch", None, None, None, None, "pre_purchase"),
+            ("b", "2024-02-10 23:59", "email", "touch", None, None, None, None, "pre_purchase"),
+            ("b", "2024-02-11 00:00", "email", "touch", None, None, None, None, "pre_purchase")]
+    ev = _events(rows)
+    got = overview.filter_events(ev, date_from="2024-02-01", as_of="2024-02-10").to_pandas()
+    assert list(got["customer_id"]) == ["a", "b"]                 # from 02-01 00:00 through the whole of 02-10
+    only_b = overview.filter_events(ev, where={"customer_id": ["b"]}).to_pandas()
+    assert len(only_b) == 2
+    with pytest.raises(Exception, match="column 'segment' is not in the clean events"):
+        overview.filter_events(ev, where={"segment": "smb"})

@@ -230,3 +230,18 @@ def test_git_revision_and_report_date(tmp_path):
     assert report.report_date(params, "2025-03-02") == "2025-03-02"
     with pytest.raises(ConfigError):
         report.report_date(params, "yesterday")
+
+
+def test_overview_segment_and_date_filter(report_project, tmp_path):
+    """A filtered overview (segment + date range) renders and counts only the matching customers."""
+    from journeylab import overview
+    ev = overview.load_events(report_project)
+    seg = ev.filter(ev.segment.notnull()).segment.value_counts().to_pandas().sort_values("segment_count").iloc[-1, 0]
+    sub = overview.filter_events(ev, date_from="2024-06-01", as_of="2025-03-31", where={"segment": seg})
+    n_expected = overview.totals(sub)["customers"]
+    assert 0 < n_expected < overview.totals(ev)["customers"]
+    out = report.render(report_project, "journey_overview", as_of="2025-03-31", out_dir=tmp_path,
+                        parameters={"date_from": "2024-06-01", "segment_filter": {"segment": seg}})
+    text = out.read_text()
+    assert "Filtered view" in text and f"segment = {seg}" in text
+    assert f"{n_expected:,} customers" in text

@@ -37,6 +37,32 @@ def load_events(params: dict):
     return engine.load_events(engine.connect(q), str(p))
 
 
+def filter_events(events, *, date_from: str | None = None, as_of: str | None = None,
+                  where: dict | None = None):
+    """Events with ``date_from <= ts`` and ``ts < as_of + 1 day`` (UTC dates, both optional) and
+    attribute filters ``where`` = {column: value or list of values}, e.g. {"segment": "smb"}.
+
+    Raises InputError naming the column when a filter column is not in the events."""
+    import datetime as _dt
+
+    import ibis
+
+    from .errors import InputError
+    e = events
+    if date_from:
+        e = e.filter(e.ts >= ibis.timestamp(str(_dt.date.fromisoformat(str(date_from)[:10])), timezone="UTC"))
+    if as_of:
+        end = _dt.date.fromisoformat(str(as_of)[:10]) + _dt.timedelta(days=1)
+        e = e.filter(e.ts < ibis.timestamp(str(end), timezone="UTC"))
+    for col, val in (where or {}).items():
+        if col not in e.columns:
+            raise InputError(f"report filter: column '{col}' is not in the clean events (columns: "
+                             f"{', '.join(e.columns)}). Map it in ingest.extra_columns or fix the notebook parameter.")
+        vals = [str(v) for v in (val if isinstance(val, (list, tuple, set)) else [val])]
+        e = e.filter(e[col].cast("string").isin(vals))
+    return e
+
+
 def journey_table(params: dict, name: str) -> pd.DataFrame | None:
     """An engine table ``data/journeys/<name>.parquet`` as pandas (compact tables only), None if absent."""
     p = project_path(params, get(params, "engine.output_dir", "data/journeys")) / f"{name}.parquet"
