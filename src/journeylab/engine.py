@@ -193,11 +193,13 @@ def _timed(events: ibis.Table) -> ibis.Table:
     return events if "t" in events.columns else events.mutate(t=_secs(events.ts))
 
 
-def _all_events(events: ibis.Table, opts: dict) -> ibis.Table:
+def _all_events(events: ibis.Table, opts: dict, timed: bool = True) -> ibis.Table:
     """Every clean event (``opts['events_all']`` in build_all, where ``events`` holds only the
-    journey events: path touches, conversions and dissolutions)."""
+    journey events: path touches, conversions and dissolutions). ``timed=False``: without
+    ``t`` (callers that compare and aggregate ``ts`` and convert only the aggregates)."""
     ev = opts.get("events_all")
-    return _timed(events if ev is None else ev)
+    ev = events if ev is None else ev
+    return _timed(ev) if timed else ev
 
 
 def _jtype(idx):
@@ -271,17 +273,17 @@ def customer_attributes(events: ibis.Table, attrs: Sequence[str] | None = None) 
     plus ``<attr>__t`` (its epoch seconds, used to keep features leak-free).
 
     One aggregation: the minimum of a (ts, event_id, value) struct over the non-null rows."""
-    e = _timed(events)
+    e = events
     attrs = attribute_columns(events) if attrs is None else list(attrs)
     aggs: dict[str, Any] = {}
     for a in attrs:
         has = e[a].notnull()
         aggs[f"_s_{a}"] = ibis.struct({"ts": e.ts, "event_id": e.event_id, "v": e[a]}).min(where=has)
-        aggs[f"{a}__t"] = e.t.min(where=has)
     if not aggs:
         return e.select("customer_id").distinct()
     g = e.group_by("customer_id").aggregate(**aggs)
-    return g.select("customer_id", *[x for a in attrs for x in (g[f"_s_{a}"].v.name(a), g[f"{a}__t"])])
+    return g.select("customer_id", *[x for a in attrs
+                                     for x in (g[f"_s_{a}"].v.name(a), _secs(g[f"_s_{a}"].ts).name(f"{a}__t"))])
 
 
 # --------------------------------------------------------------------------- tables
@@ -508,8 +510,9 @@ def survival(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     lost_s = float(opts.get("lost_inactivity_days", 60)) * SECONDS_PER_DAY
     # last activity matters only for journeys that did not convert, i.e. the customer's last
     # journey, whose last event is the customer's last event: one aggregation per customer
-    ea = _all_events(events, opts)
-    act = ea.group_by("customer_id").aggregate(_act_t=ea.t.max(), _act_ts=ea.ts.max())
+    ea = _all_events(events, opts, timed=False)
+    act = ea.group_by("customer_id").aggregate(_act_ts=ea.ts.max())
+    act = act.mutate(_act_t=_secs(act._act_ts))
     dis = e.filter(e.kind == "dissolution").select("customer_id", "journey_index", _d_t="t", _d_ts="ts")
     dj = dis.join(j.select("customer_id", "journey_index", "_start_t"), ["customer_id", "journey_index"])
     dj = dj.filter(dj._d_t >= dj._start_t)
@@ -582,6 +585,25 @@ def _cutoff_table(cuts: Sequence[str]) -> ibis.Table:
         "_c": [_epoch(x) for x in cuts], "_j": list(range(len(cuts)))}))
 
 
+def _window_pairs(cuts: Sequence[str], levels: Sequence[int]) -> ibis.Table:
+    """(bucket _b, cutoff j) pairs where cutoff j's longest window reaches events of bucket b
+    (b <= j and cutoff_j - max window < cutoff_b), with the window starts ``_lv<i>`` =
+    cutoff - levels[i] days (timestamps)."""
+    import pandas as pd
+    c = [pd.Timestamp(x, tz="UTC") for x in cuts]
+    rows = []
+    for j, cj in enumerate(c):
+        for b in range(j + 1):
+            if cj - pd.Timedelta(days=levels[-1]) < c[b]:
+                rows.append({"_b": b, "cutoff": cj, "_c": _epoch(cuts[j]), "_j": j,
+                             **{f"_lv{i}": cj - pd.Timedelta(days=w) for i, w in enumerate(levels)}})
+    df = pd.DataFrame(rows)
+    for col in ["cutoff", *[f"_lv{i}" for i in range(len(levels))]]:
+        df[col] = pd.to_datetime(df[col], utc=True).astype("datetime64[us, UTC]")
+    df["_b"] = df["_b"].astype("int64")
+    return ibis.memtable(df)
+
+
 def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     """One row per (cutoff, customer with any event before the cutoff); features from
     events with ts < cutoff only, labels from events with ts >= cutoff only
@@ -593,8 +615,10 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     stage (max of a (ts, event_id, value) struct), and a join of those few rows per customer
     with the cutoffs combines buckets ``<= j`` (features) and ``> j`` (labels: first event
     and first dissolution at/after the cutoff). Window counts come from touch events at most
-    max-window days before a cutoff only (small range join on the cutoffs)."""
-    e = _all_events(events, opts)
+    max-window days before a cutoff only (equi-join of their bucket with the few (bucket,
+    cutoff) pairs a window can reach). Per-event work compares timestamps only; epoch seconds
+    are computed on the aggregates (monotone, so min/max commute with the conversion)."""
+    e = _all_events(events, opts, timed=False)
     tps = opts.get("all_touchpoints")
     if tps is None:
         tps = discover_touchpoints(e)
@@ -608,13 +632,14 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     inact = float(opts.get("inactivity_days", 90)) * SECONDS_PER_DAY
     wend = _epoch(opts["window_end"])
     from .schema import PHASES
+    import pandas as pd
     cuts = sorted(str(x) for x in opts["cutoffs"])
     cm = _cutoff_table(cuts)
     i64 = "int64"
 
     # 1. per (customer, bucket): one pass over the events
     bucket = ibis.cases(*[(e.ts < _ts(c), j) for j, c in enumerate(cuts)], else_=len(cuts)).cast(i64)
-    x = e.select("customer_id", "ts", "t", "kind", "touchpoint", "value", "survey", "score", "stage",
+    x = e.select("customer_id", "ts", "kind", "touchpoint", "value", "survey", "score", "stage",
                  "event_id", _b=bucket)
     conv, diss, surv = x.kind == "conversion", x.kind == "dissolution", x.kind == "survey"
     scored = surv & x.score.notnull()
@@ -624,13 +649,13 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
 
     pb = x.group_by(["customer_id", "_b"]).aggregate(
         _n=x.count().cast(i64),
-        _first_t=x.t.min(), _last_t=x.t.max(),
-        _first_conv=x.t.min(where=conv), _last_conv=x.t.max(where=conv),
+        _first_t=x.ts.min(), _last_t=x.ts.max(),
+        _first_conv=x.ts.min(where=conv), _last_conv=x.ts.max(where=conv),
         _freq=conv.cast(i64).sum().cast(i64),
         _vsum=x.value.cast("float64").sum(where=conv), _vcnt=x.value.count(where=conv).cast(i64),
         _nsurv=surv.cast(i64).sum().cast(i64),
         _compl=((x.kind == "touch") & (x.touchpoint == "complaint")).cast(i64).sum().cast(i64),
-        _first_diss=x.t.min(where=diss), _last_diss=x.t.max(where=diss),
+        _first_diss=x.ts.min(where=diss), _last_diss=x.ts.max(where=diss),
         _nps=latest(x.score, scored & (x.survey == "nps")),
         _csat=latest(x.score, scored & (x.survey == "csat")),
         _stage=latest(x.stage, x.stage.notnull()))
@@ -656,16 +681,22 @@ def customer_features(events: ibis.Table, /, **opts: Any) -> ibis.Table:
         _diss_after=y._first_diss.min(where=post), _next_t=y._first_t.min(where=post),
         _last_seen=y._last_t.max())
     a = a.filter(a._n_pre > 0)
+    a = a.mutate(**{k: _secs(a[k]) for k in ("_first_t", "_last_t", "_last_conv", "_first_conv", "_last_diss",
+                                             "_diss_after", "_next_t", "_last_seen")})
     a = a.mutate(monetary_total=ibis.coalesce(a._vsum, 0.0),
                  monetary_mean=ibis.ifelse(a._vcnt > 0, a._vsum / a._vcnt.cast("float64"), ibis.null("float64")))
 
     # 3. window counts: touch events within the longest window before each cutoff
     levels = sorted(set(windows) | {90})
-    wmax = float(levels[-1]) * SECONDS_PER_DAY
-    tch = e.filter((e.kind == "touch") & (e.t >= _epoch(cuts[0]) - wmax) & (e.ts < _ts(cuts[-1])))
-    tch = tch.select("customer_id", "ts", "t", "touchpoint", "phase")
-    r = tch.join(cm, [tch.ts < cm.cutoff, tch.t >= cm._c - wmax])
-    lvl = ibis.cases(*[(r.t >= r._c - w * SECONDS_PER_DAY, i) for i, w in enumerate(levels)]).cast(i64)
+    pairs = _window_pairs(cuts, levels)
+    lo = pd.Timestamp(cuts[0], tz="UTC") - pd.Timedelta(days=levels[-1])
+    tch = e.filter((e.kind == "touch") & (e.ts >= ibis.literal(lo.to_pydatetime(), dt.Timestamp(timezone="UTC")))
+                   & (e.ts < _ts(cuts[-1])))
+    tb = ibis.cases(*[(tch.ts < _ts(c), j) for j, c in enumerate(cuts)], else_=len(cuts)).cast(i64)
+    tch = tch.select("customer_id", "ts", "touchpoint", "phase", _b=tb)
+    r = tch.join(pairs, "_b")
+    r = r.filter(r.ts >= r[f"_lv{len(levels) - 1}"])
+    lvl = ibis.cases(*[(r.ts >= r[f"_lv{i}"], i) for i in range(len(levels))]).cast(i64)
     r = r.select("cutoff", "customer_id", "touchpoint", "phase", _k=lvl)
     g = r.group_by(["cutoff", "customer_id", "touchpoint", "phase", "_k"]).aggregate(_cnt=r.count().cast(i64))
 
@@ -723,13 +754,14 @@ def funnel(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     conversion_from_previous = customers / customers of the previous stage; drop_off = 1 -
     conversion; days in stage = first entry into a later stage - first entry into this stage
     (customers who entered and later moved on; others are not counted)."""
-    e = _all_events(events, opts)
+    e = _all_events(events, opts, timed=False)
     stages = list(opts.get("stages") or DEFAULT_STAGES)
     st = e.filter(e.stage.isin(stages))
     order = ibis.cases(*[(st.stage == s, i + 1) for i, s in enumerate(stages)])
     st = st.mutate(_ord=order)
     per = st.group_by("customer_id").aggregate(
-        _max=st._ord.max(), **{f"_f{i}": st.t.min(where=st.stage == s) for i, s in enumerate(stages)})
+        _max=st._ord.max(), **{f"_f{i}": st.ts.min(where=st.stage == s) for i, s in enumerate(stages)})
+    per = per.mutate(**{f"_f{i}": _secs(per[f"_f{i}"]) for i in range(len(stages))})
     rows = []
     for i, s in enumerate(stages):
         f = per[f"_f{i}"]
