@@ -61,7 +61,7 @@ csat_t = overview.survey_scores(events, "csat") if events is not None else None
 eff = overview.touchpoint_effects(events, min_customers) if events is not None else None
 conc = overview.revenue_concentration(events) if events is not None else None
 atc = overview.time_to_conversion(params)
-fun = overview.funnel(params, events)
+fun = overview.funnel(params, events, use_engine_table=not (date_from or segment_filter or as_of))
 report.summary(overview.executive_summary(tot, tps, nps_t, conc, atc, eff))
 """),
     md("## Data quality and row accounting\n\nEvery raw row is accounted for: it is either used, removed as an exact duplicate, or set aside in quarantine with a reason."),

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_dotted_overrides_are_yaml_typed(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"engine": {"lookback_days": 90}}))
     overrides = cli._key_values(["engine.lookback_days=30", "survival.horizons_days=[7, 14]", "a.b=true", "c=text"])
+    assert cli._key_values(["date_from=2025-01-01", "f={since: 2024-02-01}"]) == {
+        "date_from": "2025-01-01", "f": {"since": "2024-02-01"}}   # dates stay JSON-able strings (papermill)
     params = load_params(tmp_path / "params.yaml", overrides=overrides)
     assert params["engine"]["lookback_days"] == 30
     assert params["survival"]["horizons_days"] == [7, 14]

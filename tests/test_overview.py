@@ -132,6 +132,11 @@ def test_totals_concentration_funnel(tmp_path):
     # reached = got to the stage or a later one
     assert list(f["customers"]) == [40, 22, 17, 9]  # interest: 20 emailed + 2 buyers without email
     assert f["conversion_from_previous"].iloc[1] == pytest.approx(22 / 40)
+    g = overview.funnel({"_root": str(tmp_path)}, ev.mutate(event_id=ibis.row_number().cast("int64")),
+                        use_engine_table=False)           # a filtered view: the engine's definition on events
+    # engine definition: reached = furthest stage is this one or later, so evaluation counts the 17 buyers
+    assert list(g["stage"]) == ["awareness", "interest", "evaluation", "purchase", "loyalty"]
+    assert list(g["customers"]) == [40, 22, 17, 17, 9] and "median_days_in_stage" in g
     vol = overview.volumes(ev, "month")
     assert vol.loc[vol["kind"] == "conversion", "events"].sum() == 17
     # partial periods: a log from 2024-01-10 to 2024-03-31 23:00 has a partial January only

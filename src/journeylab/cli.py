@@ -26,10 +26,23 @@ STAGES = {
 }
 
 
+def _plain(value):
+    """YAML dates/datetimes as ISO strings (papermill parameters must be JSON), recursively."""
+    import datetime as dt
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _parse_value(text: str):
-    """YAML-typed value: '30' -> 30, 'true' -> True, '[7, 30]' -> [7, 30], 'x' -> 'x'."""
+    """YAML-typed value: '30' -> 30, 'true' -> True, '[7, 30]' -> [7, 30], 'x' -> 'x',
+    '2025-01-01' -> '2025-01-01' (dates stay ISO strings)."""
     try:
-        return yaml.safe_load(text)
+        return _plain(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
 

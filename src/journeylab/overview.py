@@ -350,13 +350,21 @@ def revenue_concentration(events, top: float = 0.2) -> dict | None:
     return out if out["top_share"] is not None else None
 
 
-def funnel(params: dict, events=None, stages: list[str] | None = None) -> pd.DataFrame | None:
-    """Stage funnel: the engine's ``funnel`` table; else customers reaching each stage from events."""
-    f = journey_table(params, "funnel")
+def funnel(params: dict, events=None, stages: list[str] | None = None,
+           use_engine_table: bool = True) -> pd.DataFrame | None:
+    """Stage funnel: the engine's ``funnel`` table (``use_engine_table``, the whole pipeline run);
+    else computed from ``events`` (e.g. a filtered view) with the engine's own definition."""
+    f = journey_table(params, "funnel") if use_engine_table else None
     if f is not None and len(f):
         return f.sort_values("stage_order").reset_index(drop=True) if "stage_order" in f else f
     if events is None:
         return None
+    if not use_engine_table:
+        from . import engine
+        order = list(stages or get(params, "engine.stages", None) or engine.DEFAULT_STAGES)
+        f = engine.funnel(events, stages=order).to_pandas()
+        f = f[f["customers"] > 0].sort_values("stage_order").reset_index(drop=True)
+        return f if len(f) else None
     e = events.filter(events.stage.notnull())
     seen = e.group_by("stage").aggregate(customers=e.customer_id.nunique()).to_pandas()
     if seen.empty:

@@ -142,9 +142,12 @@ def render(params: dict, name: str, parameters: dict | None = None, as_of: str |
             raise ReportError(_failure_message(name, exc, executed, failed_nb)) from None
         except Exception as exc:  # kernel died, missing kernelspec, ...
             _fail(target, executed, failed_nb)
+            kernel = "kernel" in type(exc).__name__.lower() or "kernel" in str(exc).lower()
+            hint = (f"Check that the Jupyter kernel '{KERNEL}' exists "
+                    f"(python -m ipykernel install --sys-prefix --name {KERNEL})." if kernel else
+                    "Check the notebook parameters (--param key=value: YAML values that JSON can hold).")
             raise ReportError(f"report {name}: the notebook could not be run ({type(exc).__name__}: {exc}). "
-                              f"Check that the Jupyter kernel '{KERNEL}' exists "
-                              f"(python -m ipykernel install --sys-prefix --name {KERNEL}).") from None
+                              + hint) from None
         nb = nbformat.read(str(executed), as_version=4)
     meta = {"name": name, "title": TITLES.get(name, name.replace("_", " ").capitalize()), "as_of": date,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
