@@ -14,10 +14,16 @@ Models: calibrated (isotonic, customer-grouped 3-fold ``CalibratedClassifierCV``
 pipelines: ``logistic`` (signed-log1p + median imputation with missing indicators + scaling,
 one-hot categoricals, L2 logistic regression) and ``gbm`` (HistGradientBoostingClassifier, native
 NaN and categorical handling); a penalised Cox model of ``days_to_dissolution`` (C-index);
-the BG/NBD baseline (:mod:`journeylab.bgnbd`), fitted at each cutoff on every customer's purchase
-history before it, scoring P(no purchase within the horizon) because P(alive) = 1 for every
+the BG/NBD baseline (:mod:`journeylab.bgnbd`, fitted by :func:`fit_bgnbd` with the analytic gradient),
+fitted at each cutoff on every customer's purchase history before it, scoring P(no purchase within the horizon) because P(alive) = 1 for every
 one-purchase customer (the one-purchase trap). The model evaluated at ``eval_cutoff`` is the one that
 scores ``score_cutoff``.
+
+Large tables: fits use seeded row samples above fixed caps (``max_train_rows`` stacked training rows,
+``survival_max_rows`` for the Cox fit, ``bgnbd_max_rows`` purchasers per cutoff for BG/NBD,
+``importance_rows``/``pd_rows`` holdout rows for explanations; each stated in the metrics), so their
+cost stops growing with the number of customers; evaluation metrics and scores always use every row.
+None of the caps binds at the default simulation size.
 
 Missing survey scores (``last_nps``/``last_csat`` null): NaN for the gradient-boosted model (it learns
 a branch for "no answer"), median + missing-indicator for the logistic model. Columns null
@@ -74,10 +80,12 @@ DEFAULTS: dict[str, Any] = {
     "logistic_C": 0.1,
     "gbm": {"learning_rate": 0.05, "max_iter": 400, "max_leaf_nodes": 15, "min_samples_leaf": 40,
             "l2_regularization": 1.0},
-    "max_train_rows": 500000,       # stacked training rows above this are sampled (seeded)
-    "survival_max_rows": 50000,     # Cox fit on at most this many training rows
+    # row caps (seeded samples, stated in the metrics); none binds at the default simulation size (20k customers)
+    "max_train_rows": 100000,       # stacked training rows above this are sampled (metrics train.sampled_rows)
+    "survival_max_rows": 30000,     # Cox fit on at most this many training rows (metrics survival.n_train)
+    "bgnbd_max_rows": 100000,       # BG/NBD fitted per cutoff on at most this many purchasers (seeded sample); all scored
     "survival_penalizer": 0.1,
-    "importance_rows": 20000,       # holdout rows used for permutation importance
+    "importance_rows": 10000,       # holdout rows used for permutation importance (metrics explanations)
     "importance_repeats": 3,
     "n_threads": 1,                 # OpenMP/BLAS threads (null = backend.threads); 1 is robust on a shared machine
     "top_drivers": 5,
@@ -100,9 +108,13 @@ def settings(params: dict) -> dict:
 
 
 def cutoff_key(values) -> pd.Series:
-    """Cutoffs (strings, dates or timestamps, tz-aware or not) -> 'YYYY-MM-DD' strings."""
+    """Cutoffs (strings, dates or timestamps, tz-aware or not) -> 'YYYY-MM-DD' strings (null stays null).
+
+    Formats each distinct cutoff once (a features table has millions of rows but a handful of cutoffs)."""
     s = pd.Series(values)
-    return pd.to_datetime(s, utc=True).dt.strftime("%Y-%m-%d").set_axis(s.index)
+    codes, uniq = pd.factorize(pd.to_datetime(s, utc=True))
+    labels = np.append(np.asarray(pd.DatetimeIndex(uniq).strftime("%Y-%m-%d"), dtype=object), np.nan)
+    return pd.Series(labels[codes], index=s.index, dtype=object)   # code -1 (NaT) -> the trailing NaN
 
 
 def load_features(path: str | Path) -> pd.DataFrame:
@@ -401,8 +413,70 @@ def fit_dissolution_survival(train: pd.DataFrame, evaluate: pd.DataFrame, numeri
 
 
 # ----------------------------------------------------------------------------- BG/NBD baseline
-def bgnbd_baseline(at_cutoff: pd.DataFrame, score_rows: pd.DataFrame, horizon_days: float) -> tuple[pd.DataFrame, dict]:
-    """Fit BG/NBD on every purchaser's history at one cutoff; score ``score_rows``.
+def fit_bgnbd(x, t_x, T, weights=None) -> BetaGeoFitter:
+    """Maximum-likelihood BG/NBD fit with the analytic gradient (same likelihood, scaling and start as
+    :class:`journeylab.bgnbd.BetaGeoFitter`, which needs ~500 likelihood evaluations per fit: finite-difference
+    L-BFGS-B then Nelder-Mead). Terms that depend only on x are computed once per distinct x.
+    Falls back to ``BetaGeoFitter.fit`` if the optimiser does not converge. Returns a fitted BetaGeoFitter."""
+    from scipy import optimize, special
+
+    x = np.asarray(x, float)
+    tx = np.asarray(t_x, float)
+    T_ = np.asarray(T, float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, float)
+    scale = float(np.max(T_)) or 1.0
+    txs, Ts = tx / scale, T_ / scale
+    ux, inv = np.unique(x, return_inverse=True)
+    pos = x > 0
+    wsum = w.sum()
+
+    def nll_grad(logp):
+        r, alpha, a, b = np.exp(logp)
+        # per distinct x
+        gl = special.gammaln(r + ux) - special.gammaln(r)
+        bl = special.betaln(a, b + ux) - special.betaln(a, b)
+        bx1 = np.where(ux > 0, b + ux - 1, 1.0)
+        lbx1 = np.log(bx1)
+        d_r_x = special.digamma(r + ux) - special.digamma(r)
+        d_a_x = special.digamma(a + b) - special.digamma(a + b + ux)
+        d_b_x = special.digamma(b + ux) - special.digamma(b) + d_a_x
+        rx = (r + x)
+        lT = np.log(alpha + Ts)
+        ltx = np.log(alpha + txs)
+        A3 = -rx * lT
+        A4 = np.where(pos, np.log(a) - lbx1[inv] - rx * ltx, -np.inf)
+        lse = np.logaddexp(A3, A4)
+        ll = gl[inv] + r * np.log(alpha) + bl[inv] + lse
+        w3 = np.exp(A3 - lse)
+        w4 = 1.0 - w3
+        g_r = d_r_x[inv] + np.log(alpha) - w3 * lT - w4 * ltx
+        g_al = r / alpha - w3 * rx / (alpha + Ts) - w4 * rx / (alpha + txs)
+        g_a = d_a_x[inv] + np.where(pos, w4 / a, 0.0)
+        g_b = d_b_x[inv] - np.where(pos, w4 / bx1[inv], 0.0)
+        f = -(w * ll).sum() / wsum
+        grad = -np.array([(w * g).sum() for g in (g_r, g_al, g_a, g_b)]) / wsum * np.array([r, alpha, a, b])
+        if not np.isfinite(f):
+            return np.inf, np.zeros(4)
+        return f, grad
+
+    res = optimize.minimize(nll_grad, np.zeros(4), jac=True, method="L-BFGS-B",
+                            options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
+    if not (res.success and np.isfinite(res.fun)):
+        return BetaGeoFitter().fit(x, tx, T_, weights=w)
+    from .bgnbd import log_likelihood_individual
+    p = np.exp(res.x)
+    m = BetaGeoFitter()
+    m.params_ = pd.Series({"r": p[0], "alpha": p[1] * scale, "a": p[2], "b": p[3]})
+    m.log_likelihood_ = float((w * log_likelihood_individual(m._p(), x, tx, T_)).sum())
+    m.n_customers_ = float(wsum)
+    m.converged_ = True
+    return m
+
+
+def bgnbd_baseline(at_cutoff: pd.DataFrame, score_rows: pd.DataFrame, horizon_days: float,
+                   max_rows: int | None = None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Fit BG/NBD on every purchaser's history at one cutoff (at most ``max_rows`` purchasers, a seeded
+    sample, when there are more); score ``score_rows`` (all of them).
 
     Returns (frame with p_alive, p_no_purchase_horizon, expected_purchases_horizon indexed like
     score_rows; info dict). Time unit: weeks inside the fit (days / 7), results are unit-free."""
@@ -414,8 +488,12 @@ def bgnbd_baseline(at_cutoff: pd.DataFrame, score_rows: pd.DataFrame, horizon_da
     if len(inp) < 20 or (inp["x"] > 0).sum() < 5:
         info["note"] = f"only {len(inp)} purchasers ({int((inp['x'] > 0).sum())} with a repeat purchase): BG/NBD not fitted"
         return out, info
+    if max_rows and len(inp) > max_rows:
+        inp = inp.sample(int(max_rows), random_state=seed)
+        info["n_fit"] = int(max_rows)
+        info["fit_note"] = f"fitted on a seeded sample of {int(max_rows)} of {info['n_customers']} purchasers (churn.bgnbd_max_rows); all are scored"
     g = (inp / [1, 7, 7]).round(4).groupby(["x", "t_x", "T"]).size().reset_index(name="w")
-    m = BetaGeoFitter().fit(g["x"], g["t_x"], g["T"], weights=g["w"])
+    m = fit_bgnbd(g["x"], g["t_x"], g["T"], weights=g["w"])
     info.update({"params": {k: float(v) for k, v in m.params_.items()}, "time_unit": "weeks",
                  "log_likelihood": m.log_likelihood_,
                  "one_purchase_share": float((inp["x"] == 0).mean())})
@@ -643,6 +721,7 @@ def _run(params: dict, s: dict) -> dict:
     out_dir = config.path(params, s["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     features = load_features(config.path(params, s["features"]))
+    lap("load")
     H = float(s["horizon_days"])
     train_cutoffs = [str(c) for c in (s.get("train_cutoffs") or [])]
     eval_cutoff = str(s.get("eval_cutoff"))
@@ -666,12 +745,12 @@ def _run(params: dict, s: dict) -> dict:
     for c in [*train_cutoffs, eval_cutoff, *([score_cutoff] if score_cutoff else [])]:
         at = key == c
         if at.any():
-            b, bg_infos[c] = bgnbd_baseline(features[at], features[at], H)
+            b, bg_infos[c] = bgnbd_baseline(features[at], features[at], H, s["bgnbd_max_rows"], s["seed"])
             for src, col in BGNBD_COLUMNS.items():
                 features.loc[at, col] = b[src].to_numpy(float)
     bg_info = bg_infos.get(eval_cutoff, {"note": f"no rows at eval_cutoff {eval_cutoff}"})
 
-    lap("load_and_bgnbd")
+    lap("bgnbd")
     metrics: dict[str, Any] = {"horizon_days": H, "inactivity_days": s["inactivity_days"],
                                "train_cutoffs": train_cutoffs, "eval_cutoff": eval_cutoff, "score_cutoff": score_cutoff,
                                "min_dissolutions": int(s["min_dissolutions"])}
@@ -708,6 +787,7 @@ def _run(params: dict, s: dict) -> dict:
     else:
         model_metrics[BASELINE] = {"roc_auc": None, "roc_auc_note": bg_info.get("note", "no evaluable customers")}
     metrics["bgnbd"] = {k: v for k, v in bg_info.items() if k != "model"}
+    metrics["bgnbd"]["fit_rows_by_cutoff"] = {c: i.get("n_fit", i.get("n_customers")) for c, i in bg_infos.items()}
     metrics["bgnbd"]["one_purchase_note"] = ("P(alive) = 1 for every one-purchase customer (BG/NBD can only drop out "
                                              "after a repeat purchase); the baseline therefore scores P(no purchase "
                                              "within the horizon), which ranks them by age.")
@@ -726,13 +806,13 @@ def _run(params: dict, s: dict) -> dict:
     else:
         groups = train["customer_id"].astype(str).to_numpy()
         fitted = fit_models(Xtr, ytr, groups, numeric, categorical, s)
+        lap("fit_models")
         for name, est in fitted.items():
             if len(evaluate):
                 predictions[name] = est.predict_proba(Xev)[:, 1]
                 model_metrics[name] = _null_nan(classification_metrics(yev, predictions[name], s["n_bins"], s["top_fraction"]))
             else:
                 model_metrics[name] = {"roc_auc": None, "roc_auc_note": acc_eval[0].get("note", "no evaluable customers at eval_cutoff")}
-    lap("fit_models")
     metrics["models"] = model_metrics
     if fitted and model_metrics["gbm"].get("roc_auc") is not None and model_metrics[BASELINE].get("roc_auc") is not None:
         metrics["gbm_minus_bgnbd_roc_auc"] = model_metrics["gbm"]["roc_auc"] - model_metrics[BASELINE]["roc_auc"]
@@ -747,6 +827,7 @@ def _run(params: dict, s: dict) -> dict:
         pd.concat(cal, ignore_index=True).to_parquet(out_dir / "calibration.parquet", index=False)
     if lift:
         pd.concat(lift, ignore_index=True).to_parquet(out_dir / "lift.parquet", index=False)
+    lap("evaluate")
 
     # --- survival ("when")
     if enough:
@@ -762,6 +843,11 @@ def _run(params: dict, s: dict) -> dict:
     # --- explanations
     if "gbm" in fitted and yev.size and np.unique(yev).size == 2:
         imp, pdt, drivers = explain(fitted["gbm"], Xev, yev, numeric, categorical, s)
+        metrics["explanations"] = {
+            "importance_rows": int(min(len(Xev), s["importance_rows"])), "importance_repeats": int(s["importance_repeats"]),
+            "pd_rows": int(min(len(Xev), s["importance_rows"], s["pd_rows"])), "pd_grid": int(s["pd_grid"]),
+            "note": (f"permutation importance on a seeded sample of at most churn.importance_rows = {s['importance_rows']} "
+                     f"holdout rows (of {len(Xev)}), partial dependence on at most churn.pd_rows = {s['pd_rows']} of them")}
         imp.to_parquet(out_dir / "importance.parquet", index=False)
         if not pdt.empty:
             pdt.to_parquet(out_dir / "partial_dependence.parquet", index=False)
@@ -778,13 +864,13 @@ def _run(params: dict, s: dict) -> dict:
     metrics["lifecycle_eval_cutoff"] = {r.stage: float(r.share) for r in life[life["cutoff"] == eval_cutoff].itertuples()}
 
     # --- truth (simulated data only)
-    truth_path = config.path(params, config.get(params, "simulate.truth", "data/raw/truth.json"))
-    if truth_path.exists():
+    truth_path = config.truth_file(params)   # None unless the input is the simulator's output
+    if truth_path is not None:
         truth = json.loads(truth_path.read_text()).get("churn") or {}
         metrics["oracle_auc"] = truth.get("oracle_auc")
         metrics["truth_drivers"] = truth.get("drivers")
-        tc_path = config.path(params, config.get(params, "simulate.truth_churn", "data/raw/truth_churn.parquet"))
-        if tc_path.exists() and len(evaluate):
+        tc_path = config.truth_file(params, "simulate.truth_churn", "data/raw/truth_churn.parquet")
+        if tc_path is not None and len(evaluate):
             auc, n = oracle_auc_on(evaluate, pd.read_parquet(tc_path), eval_cutoff)
             metrics["oracle_auc_eval"] = auc
             metrics["oracle_auc_eval_n"] = n

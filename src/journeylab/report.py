@@ -534,8 +534,14 @@ def survival_summary(m: dict | None) -> list[str]:
     else:
         out.append(f"The median time to conversion is not available: {m.get('median_days_to_conversion_note', 'not reached')}.")
     if m.get("atc_naive_days") is not None:
-        out.append(f"The naive 'average time to conversion' (converted journeys only) is {fmt_num(m['atc_naive_days'])} days; "
-                   "it ignores leads that are still deciding and so understates how long conversion takes.")
+        gap = ""
+        if med is not None and med > 0:
+            d = med - m["atc_naive_days"]
+            gap = (f", {fmt_num(abs(d))} days ({fmt_pct(abs(d) / med)}) {'shorter' if d > 0 else 'longer'} than the "
+                   f"survival median")
+        out.append(f"The naive 'average time to conversion' (converted journeys only) is {fmt_num(m['atc_naive_days'])} days"
+                   f"{gap}; it ignores leads that are still deciding, so it "
+                   f"{'understates' if (med or 0) >= m['atc_naive_days'] else 'misstates'} how long conversion takes.")
     pc = p_convert(m)
     if pc:
         out.append("Counting lost leads as lost, the chance that a new lead converts is "
