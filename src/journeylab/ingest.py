@@ -481,7 +481,9 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
         rules = {str(v).strip().lower(): kind for kind, vals in reversed(list((ing.get("kind_rules") or {}).items()))
                  for v in (vals or [])}   # first kind listed wins when a value appears twice
         ev_raw = f"CAST({_q(mapping['event'])} AS VARCHAR)"
-        values = [r[0] for r in _fetch(con, f"SELECT DISTINCT {ev_raw} FROM ({raw_sql}) LIMIT {MAX_CASE_MAP + 1}")]
+        # most frequent values first: a CASE tests its WHENs in order
+        values = [r[0] for r in _fetch(con, f"SELECT {ev_raw} AS v FROM ({raw_sql}) GROUP BY 1 "
+                                            f"ORDER BY count(*) DESC, 1 LIMIT {MAX_CASE_MAP + 1}")]
         if len(values) <= MAX_CASE_MAP:   # map each distinct raw value once (cheaper than lower/trim per row)
             pairs = [(v, rules[v.strip().lower()]) for v in values if v is not None and v.strip().lower() in rules]
             sel["_kind"] = f"coalesce({_case_map(ev_raw, pairs)}, 'touch')"
@@ -557,21 +559,28 @@ def _build_checked(con, raw_sql: str, mapping: dict, extras: dict, types: dict, 
         CREATE OR REPLACE TEMP TABLE jl_tp AS
         SELECT d.v AS _m_v, d.n AS _m_norm, t.touchpoint AS _m_tp, t.phase AS _m_phase,
                t.channel_group AS _m_group, t.paid AS _m_paid, t.touchpoint IS NOT NULL AS _m_known
-        FROM (SELECT v, {_norm_sql('v')} AS n FROM (SELECT DISTINCT {tp_raw} AS v FROM ({raw_sql}))) d
+        , d.cnt AS _m_cnt
+        FROM (SELECT v, cnt, {_norm_sql('v')} AS n FROM (SELECT {tp_raw} AS v, count(*) AS cnt FROM ({raw_sql})
+                                                         GROUP BY 1)) d
         LEFT JOIN jl_aliases al ON d.n = al.alias
         LEFT JOIN jl_taxonomy t ON coalesce(al.touchpoint, d.n) = t.touchpoint""")
     # Small touchpoint vocabularies become CASE expressions (a projection keeps the raw row order, so the
     # outputs need no sort); large ones are joined and the outputs sorted by event_id.
-    tp_map = _fetch(con, f"SELECT _m_v, _m_norm, _m_tp FROM jl_tp WHERE _m_v IS NOT NULL LIMIT {MAX_CASE_MAP + 1}")
+    tp_map = _fetch(con, f"SELECT _m_v, _m_norm, _m_tp, _m_phase, _m_group, _m_paid FROM jl_tp WHERE _m_v IS NOT NULL "
+                         f"ORDER BY _m_cnt DESC, _m_v LIMIT {MAX_CASE_MAP + 1}")
     if len(tp_map) <= MAX_CASE_MAP:
-        norm_case = _case_map(tp_raw, [(v, n) for v, n, _ in tp_map])
-        tp_case = _case_map(tp_raw, [(v, t) for v, _, t in tp_map if t is not None])
-        tax = {normalize_touchpoint(k): (v or {}) for k, v in taxonomy.items()}
-        tp_cols = (f"{norm_case} AS _tp_norm_m, {tp_case} AS _tp, "
-                   f"{_case_map('_tp', [(k, v.get('phase')) for k, v in tax.items()])} AS _phase, "
-                   f"{_case_map('_tp', [(k, v.get('group')) for k, v in tax.items()])} AS _group, "
-                   f"{_case_map('_tp', [(k, v.get('paid')) for k, v in tax.items()], 'BOOLEAN')} AS _paid, "
-                   f"_tp IS NOT NULL AS _tp_known")
+        # one CASE (most frequent raw values first) giving every mapped attribute as a struct
+        def _v(x, typ="VARCHAR"):
+            return f"CAST({'NULL' if x is None else (str(x).upper() if isinstance(x, bool) else _lit(x))} AS {typ})"
+        whens = " ".join(
+            f"WHEN {_lit(v)} THEN struct_pack(n := {_v(n)}, tp := {_v(t)}, phase := {_v(ph)}, grp := {_v(g)}, "
+            f"paid := {_v(pd, 'BOOLEAN')})" for v, n, t, ph, g, pd in tp_map)
+        null_struct = (f"struct_pack(n := {_v(None)}, tp := {_v(None)}, phase := {_v(None)}, grp := {_v(None)}, "
+                       f"paid := {_v(None, 'BOOLEAN')})")
+        tp_cols = (f"{f'CASE {tp_raw} {whens} ELSE {null_struct} END' if whens else null_struct} AS _m_s, "
+                   f"struct_extract(_m_s, 'n') AS _tp_norm_m, struct_extract(_m_s, 'tp') AS _tp, "
+                   f"struct_extract(_m_s, 'phase') AS _phase, struct_extract(_m_s, 'grp') AS _group, "
+                   f"struct_extract(_m_s, 'paid') AS _paid, struct_extract(_m_s, 'tp') IS NOT NULL AS _tp_known")
         joins, needs_sort = "", False
         first = first.replace("m._m_norm AS", "_tp_norm_m AS")
     else:
