@@ -226,12 +226,15 @@ def journey_touches(events: ibis.Table, /, *, lookback_days: float = 90,
     tch = e.filter((e.kind == "touch") & e.phase.isin(list(path_phases)))
     tch = tch.select("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint")
     conv = conversions_by_journey(e)
-    j = tch.left_join(conv, ["customer_id", "journey_index"]).select(
-        tch, conv.conv_t, conv.conversion_ts, conv.revenue)
-    wj = ibis.window(group_by=[j.customer_id, j.journey_index])
-    anchor = ibis.coalesce(j.conv_t, j.t.max().over(wj))
-    j = j.mutate(converted=j.conv_t.notnull(), _anchor=anchor)
-    j = j.filter(j.t >= j._anchor - float(lookback_days) * SECONDS_PER_DAY).drop("_anchor")
+    keys = ["customer_id", "journey_index"]
+    j = tch.left_join(conv, keys).select(tch, conv.conv_t, conv.conversion_ts, conv.revenue)
+    j = j.mutate(converted=j.conv_t.notnull())
+    if lookback_days is not None and float(lookback_days) < 1e8:   # no limit: no anchor needed
+        # anchor of an unconverted journey = its last path touch (aggregate + join, no window)
+        last = tch.group_by(keys).aggregate(_last_t=tch.t.max())
+        j = j.join(last, keys).select(j, last._last_t)
+        j = j.filter(j.t >= ibis.coalesce(j.conv_t, j._last_t) - float(lookback_days) * SECONDS_PER_DAY)
+        j = j.drop("_last_t")
     return _number(j)
 
 
@@ -561,13 +564,15 @@ def exposure(events: ibis.Table, /, **opts: Any) -> ibis.Table:
     jt = jt.mutate(u=_days(jt.t, jt._t0)).join(sv.select("customer_id", "journey_index", "duration_days"),
                                                 ["customer_id", "journey_index"])
     jt = jt.filter(jt.u < jt.duration_days)
-    cnt = jt.group_by(["customer_id", "journey_index", "u"]).aggregate(
-        **{f"_c_{safe_name(tp)}": (jt.touchpoint == tp).cast("int64").sum().cast("int64") for tp in tps})
-    w = ibis.cumulative_window(group_by=[cnt.customer_id, cnt.journey_index], order_by=cnt.u)
-    wl = ibis.window(group_by=[cnt.customer_id, cnt.journey_index], order_by=cnt.u)
-    cum = cnt.select("customer_id", "journey_index", "u", _next=cnt.u.lead().over(wl),
-                     **{f"cum_{safe_name(tp)}": cnt[f"_c_{safe_name(tp)}"].sum().over(w).cast("int64")
-                        for tp in tps})
+    # one window over the touches: cumulative counts up to and including time u (RANGE frame: ties
+    # included), then one row per distinct u (the last of its ties: the next row has a later u)
+    keys = [jt.customer_id, jt.journey_index]
+    w = ibis.window(group_by=keys, order_by=jt.u, range=(None, 0))
+    wl = ibis.window(group_by=keys, order_by=jt.u)
+    cum = jt.select("customer_id", "journey_index", "u", _next=jt.u.lead().over(wl),
+                    **{f"cum_{safe_name(tp)}": (jt.touchpoint == tp).cast("int64").sum().over(w).cast("int64")
+                       for tp in tps})
+    cum = cum.filter(cum._next.isnull() | (cum._next != cum.u))
     x = cum.join(sv, ["customer_id", "journey_index"])
     stop = ibis.coalesce(x._next, x.duration_days)
     x = x.mutate(start=ibis.greatest(x.u, x.entry_days), stop=stop,
