@@ -238,6 +238,40 @@ def journey_touches(events: ibis.Table, /, *, lookback_days: float = 90,
     return _number(j)
 
 
+_TOUCH_COLUMNS = ("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint", "conv_t", "conversion_ts",
+                  "revenue", "converted", "pos", "n")
+
+
+def _touches_both(events: ibis.Table, lookback_days: float, path_phases: Sequence[str]) -> ibis.Table:
+    """All path touches (no lookback: the survival touches) numbered once, plus the numbering
+    of the attribution touches (``_kept``: within ``lookback_days`` of the anchor; kept touches
+    are the latest ones of a journey, so their position is a running count of ``_kept``).
+    One window pass instead of two; see :func:`_split_touches`."""
+    e = journey_events(events)
+    tch = e.filter((e.kind == "touch") & e.phase.isin(list(path_phases)))
+    tch = tch.select("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint")
+    conv = conversions_by_journey(e)
+    keys = ["customer_id", "journey_index"]
+    j = tch.left_join(conv, keys).select(tch, conv.conv_t, conv.conversion_ts, conv.revenue)
+    j = j.mutate(converted=j.conv_t.notnull())
+    last = tch.group_by(keys).aggregate(_last_t=tch.t.max())
+    j = j.join(last, keys).select(j, last._last_t)
+    kept = j.t >= ibis.coalesce(j.conv_t, j._last_t) - float(lookback_days) * SECONDS_PER_DAY
+    j = j.mutate(_kept=kept.cast("int64")).drop("_last_t")
+    wo = ibis.window(group_by=[j.customer_id, j.journey_index], order_by=[j.ts, j.event_id])
+    wc = ibis.cumulative_window(group_by=[j.customer_id, j.journey_index], order_by=[j.ts, j.event_id])
+    wj = ibis.window(group_by=[j.customer_id, j.journey_index])
+    return j.mutate(pos=ibis.row_number().over(wo).cast("int64"), n=j.event_id.count().over(wj).cast("int64"),
+                    _pos_lb=(j._kept.sum().over(wc) - 1).cast("int64"), _n_lb=j._kept.sum().over(wj).cast("int64"))
+
+
+def _split_touches(both: ibis.Table) -> tuple[ibis.Table, ibis.Table]:
+    """(attribution touches, survival touches) from :func:`_touches_both`."""
+    st = both.select(*_TOUCH_COLUMNS)
+    k = both.filter(both._kept == 1)
+    return k.mutate(pos=k._pos_lb, n=k._n_lb).select(*_TOUCH_COLUMNS), st
+
+
 def _number(j: ibis.Table) -> ibis.Table:
     """(Re)compute pos (0-based rank by ts, event_id) and n within each journey."""
     wo = ibis.window(group_by=[j.customer_id, j.journey_index], order_by=[j.ts, j.event_id])
@@ -851,15 +885,25 @@ def prepare(con, events: ibis.Table, opts: dict, materialise: bool = True) -> di
         tp_phase = _materialise(con, tp_phase, "jl_tp_phase")
     opts["all_touchpoints"] = discover_touchpoints(tp_phase.mutate(kind=ibis.literal("touch")))
     opts["touchpoints"] = discover_touchpoints(tp_phase.mutate(kind=ibis.literal("touch")), opts["path_phases"])
-    touches = journey_touches(e, **opts)
     ca = customer_attributes(ev_all, opts["attrs"])
     if materialise:
-        touches = _materialise(con, touches, "jl_touches")
         ca = _materialise(con, ca, "jl_customer_attrs")
-    opts["touches"], opts["customer_attrs"], opts["events_j"] = touches, ca, e
-    st = survival_touches(e, {**opts, "survival_touches": None})
-    if materialise and st is not touches:
-        st = _materialise(con, st, "jl_survival_touches")
+    lb = float(opts.get("lookback_days", 90))
+    if opts.get("survival_lookback_days") is None and lb < 1e8:
+        # default: survival touches = all path touches; both numberings from one window pass
+        both = _touches_both(e, lb, phases)
+        if materialise:
+            both = _materialise(con, both, "jl_touches_both")
+        touches, st = _split_touches(both)
+        opts["touches"], opts["customer_attrs"], opts["events_j"] = touches, ca, e
+    else:
+        touches = journey_touches(e, **opts)
+        if materialise:
+            touches = _materialise(con, touches, "jl_touches")
+        opts["touches"], opts["customer_attrs"], opts["events_j"] = touches, ca, e
+        st = survival_touches(e, {**opts, "survival_touches": None})
+        if materialise and st is not touches:
+            st = _materialise(con, st, "jl_survival_touches")
     opts["survival_touches"] = st
     return opts
 
@@ -909,7 +953,8 @@ def _build(params: dict) -> tuple[dict, dict]:
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mpath.write_text(json.dumps(metrics, indent=2))
     if metrics["backend"] == "duckdb":
-        for t in ("jl_survival", "jl_customer_attrs", "jl_survival_touches", "jl_touches", "jl_tp_phase", "jl_events"):
+        for t in ("jl_survival", "jl_customer_attrs", "jl_survival_touches", "jl_touches", "jl_touches_both",
+                  "jl_tp_phase", "jl_events"):
             con.raw_sql(f'DROP TABLE IF EXISTS "{t}"')
         con.disconnect()
     return paths_out, metrics
