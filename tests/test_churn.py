@@ -110,6 +110,29 @@ def test_population_excludes_unobservable_never_retained():
     assert pop["dissolved_within_horizon"].notna().all()
 
 
+def test_cutoff_key_formats_distinct_values_keeps_index_and_nulls():
+    s = pd.Series([pd.Timestamp("2024-09-01", tz="UTC"), pd.NaT, pd.Timestamp("2024-09-01 13:00", tz="UTC")], index=[7, 3, 5])
+    k = churn.cutoff_key(s)
+    assert k.index.tolist() == [7, 3, 5]
+    assert k.iloc[0] == k.iloc[2] == "2024-09-01" and pd.isna(k.iloc[1])
+    assert churn.cutoff_key(["2025-03-01"]).tolist() == ["2025-03-01"]
+
+
+def test_fast_bgnbd_fit_matches_reference_fitter_on_cdnow():
+    from journeylab.bgnbd import BetaGeoFitter
+    d = pd.read_csv(Path(__file__).parent / "data" / "cdnow_customers_summary.csv")
+    ref = BetaGeoFitter().fit(d["frequency"], d["recency"], d["T"])
+    fast = churn.fit_bgnbd(d["frequency"], d["recency"], d["T"])
+    # Fader, Hardie & Lee (2005): r = 0.243, alpha = 4.414, a = 0.793, b = 2.426, LL = -9582.4
+    assert fast.params_.to_dict() == pytest.approx({"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}, abs=1e-3)
+    assert fast.params_.to_dict() == pytest.approx(ref.params_.to_dict(), rel=1e-4)
+    assert fast.log_likelihood_ == pytest.approx(ref.log_likelihood_, abs=1e-4)
+    # weights = counts of identical rows give the same fit as the repeated rows
+    g = d.groupby(["frequency", "recency", "T"]).size().reset_index(name="w")
+    fw = churn.fit_bgnbd(g["frequency"], g["recency"], g["T"], weights=g["w"])
+    assert fw.params_.to_dict() == pytest.approx(fast.params_.to_dict(), rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- run_stage on synthetic tables
 def _synthetic_project(root: Path, n: int = 3000, seed: int = 1, mutate=None, **overrides) -> dict:
     params = make_project(root, **{"churn.n_threads": 1, **overrides})
@@ -268,3 +291,17 @@ def test_default_simulation_truth(default_project):
     assert gbm["ece"] < 0.03
     assert all(m["truth_drivers_in_top"].values()), m["truth_drivers_in_top"]
     assert gbm["roc_auc"] > m["models"]["bgnbd"]["roc_auc"]
+
+
+def test_row_caps_are_sampled_and_stated(tmp_path):
+    caps = {"churn.max_train_rows": 1200, "churn.survival_max_rows": 600, "churn.bgnbd_max_rows": 500,
+            "churn.importance_rows": 300, "churn.pd_rows": 100}
+    params = _synthetic_project(tmp_path, n=1000, **caps)
+    m = churn.run_stage(params)
+    assert m["train"]["n"] > 1200 and m["train"]["sampled_rows"] == 1200
+    assert m["survival"]["n_train"] == 600
+    assert set(m["bgnbd"]["fit_rows_by_cutoff"].values()) == {500}
+    assert m["bgnbd"]["n_fit"] == 500 and "bgnbd_max_rows" in m["bgnbd"]["fit_note"]
+    assert m["explanations"]["importance_rows"] == 300 and m["explanations"]["pd_rows"] == 100
+    assert m["models"]["bgnbd"]["n_scored"] == m["eval"]["n"]     # every eval row is scored, caps or not
+    assert set(m["timings_s"]) >= {"load", "bgnbd", "fit_models", "evaluate", "survival", "explain"}

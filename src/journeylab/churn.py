@@ -738,7 +738,7 @@ def _run(params: dict, s: dict) -> dict:
 
     # --- BG/NBD at every cutoff used (fitted on everyone's purchase history before that cutoff only)
     key = cutoff_key(features["cutoff"])
-    features = features.copy()
+    # (features was read above: adding the BG/NBD columns in place mutates nobody else's frame)
     for col in BGNBD_COLUMNS.values():
         features[col] = np.nan
     bg_infos = {}
@@ -885,7 +885,7 @@ def _run(params: dict, s: dict) -> dict:
     # --- scoring (customer-level; never rendered into HTML)
     frames = []
     if len(evaluate):
-        frames.append(_score_frame(evaluate, "eval", fitted, Xev, base_eval, rules))
+        frames.append(_score_frame(evaluate, "eval", fitted, Xev, base_eval, rules, predictions))
     if score_cutoff:
         score_rows, acc_score = population(features, [score_cutoff], require_label=False)
         metrics["scored"] = acc_score[0]
@@ -907,11 +907,14 @@ def _run(params: dict, s: dict) -> dict:
     return metrics
 
 
-def _score_frame(rows: pd.DataFrame, split: str, fitted: dict, X: pd.DataFrame, base: pd.DataFrame, rules: dict) -> pd.DataFrame:
+def _score_frame(rows: pd.DataFrame, split: str, fitted: dict, X: pd.DataFrame, base: pd.DataFrame, rules: dict,
+                 known: dict | None = None) -> pd.DataFrame:
+    """Customer-level scores; ``known`` = predictions already computed on these rows (not predicted again)."""
     out = pd.DataFrame({"customer_id": rows["customer_id"].astype(str).to_numpy(),
                         "cutoff": cutoff_key(rows["cutoff"]).to_numpy(), "split": split})
     for name, est in fitted.items():
-        out[f"p_dissolve_{name}"] = est.predict_proba(X)[:, 1]
+        p = (known or {}).get(name)
+        out[f"p_dissolve_{name}"] = p if p is not None and len(p) == len(out) else est.predict_proba(X)[:, 1]
     out["p_dissolve_bgnbd"] = base["p_no_purchase_horizon"].to_numpy(float)
     out["p_alive_bgnbd"] = base["p_alive"].to_numpy(float)
     out["expected_purchases_bgnbd"] = base["expected_purchases_horizon"].to_numpy(float)
