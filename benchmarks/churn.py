@@ -162,7 +162,7 @@ def time_features(params: dict) -> dict:
     except Exception:
         pass
     return {"prepare_s": t1 - t0, "customer_features_s": t2 - t1, "features_s": t2 - t0, "rows": rows,
-            "events": n_events}
+            "journey_event_rows": n_events}   # the engine's materialised event base (may hold only the kinds it needs)
 
 
 def main() -> None:
@@ -232,8 +232,7 @@ def main() -> None:
                total_s=fs + t_churn, churn_peak_rss_gb=pk_c.peak / 2**30,
                peak_rss_gb=max(pk_f_gb, pk_c.peak / 2**30))
     by_cut = m["train"]["by_cutoff"]
-    print(f"customers {n:,} ({n // nb} x {nb:,} simulated); events {f.get('events', 'n/a'):,}" if isinstance(f.get("events"), int)
-          else f"customers {n:,}", flush=True)
+    print(f"customers {n:,} ({n // nb} x {nb:,} simulated); customer_features rows {f.get('rows')}", flush=True)
     print("rows per cutoff (features / active / labelled):",
           [(c["cutoff"], c["customers"], c["active"], c["n"]) for c in by_cut], "eval", (m["eval"]["customers"], m["eval"]["n"]),
           "score", (m.get("scored") or {}).get("n"), flush=True)
