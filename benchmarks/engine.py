@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -32,27 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 EVENTS_PER_CUSTOMER = 60.5   # measured on the default simulator (90 815 events / 1 500 customers)
 
 
-class Peak:
-    """Peak RSS of this process and its children while active."""
-    def __enter__(self):
-        self.proc, self.peak, self.stop = psutil.Process(), 0, False
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-        return self
-
-    def _run(self):
-        while not self.stop:
-            try:
-                rss = self.proc.memory_info().rss + sum(c.memory_info().rss
-                                                        for c in self.proc.children(recursive=True))
-            except psutil.Error:
-                rss = 0
-            self.peak = max(self.peak, rss)
-            time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.t.join()
+from _measure import Peak  # noqa: E402  (shared with the other benchmarks)
 
 
 def pandas_paths(path: Path):
