@@ -305,3 +305,22 @@ def test_row_caps_are_sampled_and_stated(tmp_path):
     assert m["explanations"]["importance_rows"] == 300 and m["explanations"]["pd_rows"] == 100
     assert m["models"]["bgnbd"]["n_scored"] == m["eval"]["n"]     # every eval row is scored, caps or not
     assert set(m["timings_s"]) >= {"load", "bgnbd", "fit_models", "evaluate", "survival", "explain"}
+
+
+def test_driver_is_described_by_the_member_that_moves_the_risk():
+    # 'recency' family: recency_days is a perfect rank copy of days_since_last_activity (same Spearman rho with
+    # the risk), but the model only uses days_since_last_activity: that member must describe the driver
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0, 60, 600)
+    X = pd.DataFrame({"recency_days": np.sqrt(b), "days_since_last_activity": b, "frequency": rng.integers(1, 5, 600)})
+
+    class Model:
+        def predict_proba(self, X):
+            p = 1 / (1 + np.exp(-(X["days_since_last_activity"].to_numpy() / 10 - 3)))
+            return np.column_stack([1 - p, p])
+    y = (rng.random(600) < Model().predict_proba(X)[:, 1]).astype(int)
+    s = {**churn.DEFAULTS, "importance_repeats": 1, "top_drivers": 1}
+    imp, pdt, drivers = churn.explain(Model(), X, y, ["recency_days", "days_since_last_activity", "frequency"], [], s)
+    assert imp["driver"].iloc[0] == "recency"
+    assert drivers[0]["feature"] == "days_since_last_activity" and drivers[0]["direction"] == "increases"
+    assert drivers[0]["risk_high"] - drivers[0]["risk_low"] > 0.5

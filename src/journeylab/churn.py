@@ -622,14 +622,16 @@ def explain(model, X: pd.DataFrame, y, numeric: list[str], categorical: list[str
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):  # many small predictions: threads only add overhead
-        imp = grouped_permutation_importance(importance_model(model), Xi, yi, groups, s["importance_repeats"], rng_state)
+        imp_model = importance_model(model)
+        imp = grouped_permutation_importance(imp_model, Xi, yi, groups, s["importance_repeats"], rng_state)
     imp["rank"] = np.arange(1, len(imp) + 1)
     Xp = Xi.iloc[: s["pd_rows"]] if len(Xi) > s["pd_rows"] else Xi
     p = model.predict_proba(Xp)[:, 1]
     pd_tables, drivers = [], []
     for _, row in imp.head(s["top_drivers"]).iterrows():
         cols = groups[row["driver"]]
-        # representative feature: the member most correlated (Spearman, |rho|) with the predicted risk
+        # representative feature: among the members most correlated (Spearman, |rho|) with the predicted risk,
+        # the one with the widest partial dependence
         def rho(c):
             if c in categorical:
                 return -1.0
@@ -638,7 +640,16 @@ def explain(model, X: pd.DataFrame, y, numeric: list[str], categorical: list[str
                 return -2.0
             r = pd.Series(p, index=Xp.index)[v.notna()].corr(v.dropna(), method="spearman")
             return abs(r) if np.isfinite(r) else -2.0
-        feat = max(cols, key=rho)
+        ranked = sorted(cols, key=rho, reverse=True)
+        num_cols = [c for c in ranked if c not in categorical and rho(c) >= 0][:4]
+        if len(num_cols) > 1:
+            # several members (recency_days / days_since_last_activity, 7/30/90-day windows): describe the one
+            # whose partial dependence moves the risk most (chosen on the cheap one-fold model)
+            with threadpool_limits(limits=1):
+                spans = {c: partial_dependence_table(imp_model, Xp, c, grid=s["pd_grid"])["mean_probability"] for c in num_cols}
+            feat = max(num_cols, key=lambda c: (spans[c].max() - spans[c].min()) if len(spans[c]) else -1.0)
+        else:
+            feat = ranked[0]
         is_cat = feat in categorical
         with threadpool_limits(limits=1):
             t = partial_dependence_table(model, Xp, feat, categorical=is_cat, grid=s["pd_grid"])
