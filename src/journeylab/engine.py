@@ -222,6 +222,17 @@ def journey_touches(events: ibis.Table, /, *, lookback_days: float = 90,
     ts then event_id), n (touches in the journey), converted, conv_t, conversion_ts, revenue.
     Kept: kind 'touch', phase in path_phases, t >= anchor - lookback_days, anchor = the
     conversion time (converted) or the journey's last path touch (not converted)."""
+    limited = lookback_days is not None and float(lookback_days) < 1e8   # no limit: no anchor needed
+    j = _touch_rows(events, path_phases, with_anchor=limited)
+    if limited:
+        j = j.filter(_within_lookback(j, lookback_days)).drop("_last_t")
+    return _number(j)
+
+
+def _touch_rows(events: ibis.Table, path_phases: Sequence[str], with_anchor: bool) -> ibis.Table:
+    """Path touches (kind touch, phase in path_phases) with their journey's conversion (conv_t,
+    conversion_ts, revenue, converted); ``with_anchor`` adds ``_last_t``, the journey's last path
+    touch (the lookback anchor of an unconverted journey; aggregate + join, no window)."""
     e = journey_events(events)
     tch = e.filter((e.kind == "touch") & e.phase.isin(list(path_phases)))
     tch = tch.select("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint")
@@ -229,13 +240,15 @@ def journey_touches(events: ibis.Table, /, *, lookback_days: float = 90,
     keys = ["customer_id", "journey_index"]
     j = tch.left_join(conv, keys).select(tch, conv.conv_t, conv.conversion_ts, conv.revenue)
     j = j.mutate(converted=j.conv_t.notnull())
-    if lookback_days is not None and float(lookback_days) < 1e8:   # no limit: no anchor needed
-        # anchor of an unconverted journey = its last path touch (aggregate + join, no window)
+    if with_anchor:
         last = tch.group_by(keys).aggregate(_last_t=tch.t.max())
         j = j.join(last, keys).select(j, last._last_t)
-        j = j.filter(j.t >= ibis.coalesce(j.conv_t, j._last_t) - float(lookback_days) * SECONDS_PER_DAY)
-        j = j.drop("_last_t")
-    return _number(j)
+    return j
+
+
+def _within_lookback(j: ibis.Table, lookback_days: float):
+    """Touch at most ``lookback_days`` before its anchor (the conversion, else ``_last_t``)."""
+    return j.t >= ibis.coalesce(j.conv_t, j._last_t) - float(lookback_days) * SECONDS_PER_DAY
 
 
 _TOUCH_COLUMNS = ("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint", "conv_t", "conversion_ts",
@@ -247,17 +260,8 @@ def _touches_both(events: ibis.Table, lookback_days: float, path_phases: Sequenc
     of the attribution touches (``_kept``: within ``lookback_days`` of the anchor; kept touches
     are the latest ones of a journey, so their position is a running count of ``_kept``).
     One window pass instead of two; see :func:`_split_touches`."""
-    e = journey_events(events)
-    tch = e.filter((e.kind == "touch") & e.phase.isin(list(path_phases)))
-    tch = tch.select("customer_id", "journey_index", "ts", "t", "event_id", "touchpoint")
-    conv = conversions_by_journey(e)
-    keys = ["customer_id", "journey_index"]
-    j = tch.left_join(conv, keys).select(tch, conv.conv_t, conv.conversion_ts, conv.revenue)
-    j = j.mutate(converted=j.conv_t.notnull())
-    last = tch.group_by(keys).aggregate(_last_t=tch.t.max())
-    j = j.join(last, keys).select(j, last._last_t)
-    kept = j.t >= ibis.coalesce(j.conv_t, j._last_t) - float(lookback_days) * SECONDS_PER_DAY
-    j = j.mutate(_kept=kept.cast("int64")).drop("_last_t")
+    j = _touch_rows(events, path_phases, with_anchor=True)
+    j = j.mutate(_kept=_within_lookback(j, lookback_days).cast("int64")).drop("_last_t")
     wo = ibis.window(group_by=[j.customer_id, j.journey_index], order_by=[j.ts, j.event_id])
     wc = ibis.cumulative_window(group_by=[j.customer_id, j.journey_index], order_by=[j.ts, j.event_id])
     wj = ibis.window(group_by=[j.customer_id, j.journey_index])
