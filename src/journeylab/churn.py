@@ -640,8 +640,9 @@ def explain(model, X: pd.DataFrame, y, numeric: list[str], categorical: list[str
                 return -2.0
             r = pd.Series(p, index=Xp.index)[v.notna()].corr(v.dropna(), method="spearman")
             return abs(r) if np.isfinite(r) else -2.0
-        ranked = sorted(cols, key=rho, reverse=True)
-        num_cols = [c for c in ranked if c not in categorical and rho(c) >= 0][:4]
+        rhos = {c: rho(c) for c in cols}
+        ranked = sorted(cols, key=rhos.get, reverse=True)
+        num_cols = [c for c in ranked if c not in categorical and rhos[c] >= 0][:4]
         if len(num_cols) > 1:
             # several members (recency_days / days_since_last_activity, 7/30/90-day windows): describe the one
             # whose partial dependence moves the risk most (chosen on the cheap one-fold model)
