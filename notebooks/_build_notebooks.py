@@ -49,7 +49,7 @@ params = report.start("journey_overview", params_path, as_of, volume_unit=volume
                       segment_filter=segment_filter)
 events = overview.load_events(params)
 if events is not None and (date_from or segment_filter or as_of):
-    events = overview.filter_events(events, date_from=date_from, as_of=params["report"]["as_of"], where=segment_filter)
+    events = overview.filter_events(events, date_from=date_from, as_of=params["report"]["as_of"], where=overview.report_filter(segment_filter))
     report.md(f"*Filtered view*: events {('from ' + str(date_from) + ' ') if date_from else ''}up to {params['report']['as_of']}"
               f"{(', customers with ' + ', '.join(f'{k} = {v}' for k, v in segment_filter.items())) if segment_filter else ''}. "
               "Row accounting and the survival-based time to conversion describe the whole pipeline run.")

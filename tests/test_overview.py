@@ -170,3 +170,9 @@ def test_filter_events_by_dates_and_attributes():
     assert len(only_b) == 2
     with pytest.raises(Exception, match="column 'segment' is not in the clean events"):
         overview.filter_events(ev, where={"segment": "smb"})
+
+
+def test_report_filter_refuses_customer_ids():
+    assert overview.report_filter({"segment": "smb"}) == {"segment": "smb"} and overview.report_filter(None) is None
+    with pytest.raises(Exception, match="never single out customers"):
+        overview.report_filter({"customer_id": "c1"})

@@ -63,6 +63,16 @@ def filter_events(events, *, date_from: str | None = None, as_of: str | None = N
     return e
 
 
+def report_filter(where: dict | None) -> dict | None:
+    """A notebook's ``segment_filter`` checked for sharing: its values are printed in the report,
+    so filtering on ``customer_id`` (a customer identifier) is refused with a ConfigError."""
+    from .errors import ConfigError
+    if where and "customer_id" in where:
+        raise ConfigError("segment_filter: reports never single out customers, so customer_id cannot be a "
+                          "report filter. Filter on an attribute such as segment, platform or campaign.")
+    return where
+
+
 def journey_table(params: dict, name: str) -> pd.DataFrame | None:
     """An engine table ``data/journeys/<name>.parquet`` as pandas (compact tables only), None if absent."""
     p = project_path(params, get(params, "engine.output_dir", "data/journeys")) / f"{name}.parquet"
