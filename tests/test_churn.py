@@ -85,6 +85,59 @@ def test_grouped_permutation_importance_known_answer():
     assert imp.set_index("driver").loc["a", "importance"] == pytest.approx(0.5, abs=0.08)  # AUC 1 -> ~0.5
 
 
+def test_grouped_early_stopping_holds_out_whole_customers():
+    """Each customer appears at 5 cutoffs with the same features and a coin-flip label: nothing
+    generalises to new customers, but a row-level validation split holds copies of training rows,
+    so its loss keeps falling (no early stop). Holding out whole customers stops after
+    n_iter_no_change rounds."""
+    from journeylab.grouped_boosting import GroupedHistGradientBoostingClassifier
+    rng = np.random.default_rng(3)
+    n_cust, reps = 2000, 5
+    Xc = rng.normal(size=(n_cust, 4))
+    yc = rng.integers(0, 2, n_cust)
+    X, y = np.repeat(Xc, reps, axis=0), np.repeat(yc, reps)
+    groups = np.repeat(np.arange(n_cust), reps)
+    kw = dict(max_iter=150, learning_rate=0.3, max_leaf_nodes=31, min_samples_leaf=5, early_stopping=True,
+              n_iter_no_change=10, random_state=0)
+    rows = GroupedHistGradientBoostingClassifier(**kw).fit(X, y)
+    cust = GroupedHistGradientBoostingClassifier(**kw).fit(X, y, groups=groups)
+    assert rows.validation_customers_ == 0 and rows.n_iter_ == 150          # memorised copies look like skill
+    assert cust.validation_customers_ == 200 and cust.n_iter_ <= 20          # 10% of 2,000 customers held out
+    # one class only in the held-out customers: plain row-level split, never a crash
+    y1 = np.where(np.isin(groups, np.arange(5)), 1, 0)
+    one = GroupedHistGradientBoostingClassifier(**{**kw, "max_iter": 5}).fit(X, y1, groups=groups)
+    assert one.n_iter_ >= 1
+    # through the pipeline and the customer-grouped calibration folds (groups sliced per fold)
+    df = pd.DataFrame(X, columns=list("abcd"))
+    gbm = {k: kw[k] for k in ("max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf")}
+    fitted = churn.fit_models(df, y, groups, list("abcd"), [], {**churn.DEFAULTS, "gbm": gbm})  # n_iter_no_change 20
+    folds = churn.gbm_trees(fitted["gbm"])
+    assert len(folds) == 3 and all(f["trees"] <= 30 and f["validation_customers"] > 0 for f in folds), folds
+
+
+def test_blockwise_and_threaded_predictions_equal_plain_ones():
+    """The GBM predicts in 5,000-row blocks and predict_risk splits large tables over threads:
+    both row-wise, so the numbers equal scikit-learn's one-call prediction exactly."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from journeylab.grouped_boosting import GroupedHistGradientBoostingClassifier
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(12000, 6))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + rng.normal(size=len(X)) > 0).astype(int)
+    kw = dict(max_iter=30, early_stopping=False, random_state=0)
+    ours = GroupedHistGradientBoostingClassifier(**kw).fit(X, y)
+    plain = HistGradientBoostingClassifier(**kw).fit(X, y)
+    assert ours.PREDICT_BLOCK_ROWS < len(X)
+    np.testing.assert_array_equal(ours.predict_proba(X), plain.predict_proba(X))
+    np.testing.assert_array_equal(ours.decision_function(X), plain.decision_function(X))
+    df = pd.DataFrame(X, columns=list("abcdef"))
+    fitted = churn.fit_models(df, y, np.arange(len(y)) // 3, list("abcdef"), [], churn.DEFAULTS)
+    for est in fitted.values():
+        one = est.predict_proba(df)[:, 1]
+        np.testing.assert_array_equal(churn.predict_risk(est, df, n_jobs=2, min_rows=1000), one)
+        np.testing.assert_array_equal(churn.predict_risk(est, df, n_jobs=3, min_rows=1000), one)
+
+
 def test_lifecycle_rules():
     f = pd.DataFrame({
         "cutoff": ["2025-01-01"] * 6,
@@ -291,6 +344,9 @@ def test_default_simulation_truth(default_project):
     assert gbm["ece"] < 0.03
     assert all(m["truth_drivers_in_top"].values()), m["truth_drivers_in_top"]
     assert gbm["roc_auc"] > m["models"]["bgnbd"]["roc_auc"]
+    # early stopping on held-out customers ends every calibration fold before max_iter at this size
+    folds = m["train"]["gbm_trees_by_fold"]
+    assert len(folds) == 3 and all(0 < f["trees"] < f["max_iter"] and f["validation_customers"] > 0 for f in folds), folds
 
 
 def test_row_caps_are_sampled_and_stated(tmp_path):

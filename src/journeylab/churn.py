@@ -13,7 +13,7 @@ are excluded and counted, never treated as retained.
 Models: calibrated (isotonic, customer-grouped 3-fold ``CalibratedClassifierCV``) scikit-learn
 pipelines: ``logistic`` (signed-log1p + median imputation with missing indicators + scaling,
 one-hot categoricals, L2 logistic regression) and ``gbm`` (HistGradientBoostingClassifier, native
-NaN and categorical handling); a penalised Cox model of ``days_to_dissolution`` (C-index);
+NaN and categorical handling, early stopping on held-out customers: ``metrics.train.gbm_trees_by_fold``); a penalised Cox model of ``days_to_dissolution`` (C-index);
 the BG/NBD baseline (:mod:`journeylab.bgnbd`, fitted by :func:`fit_bgnbd` with the analytic gradient),
 fitted at each cutoff on every customer's purchase history before it, scoring P(no purchase within the horizon) because P(alive) = 1 for every
 one-purchase customer (the one-purchase trap). The model evaluated at ``eval_cutoff`` is the one that
@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "calibration": "isotonic",       # isotonic | sigmoid
     "calibration_folds": 3,
     "logistic_C": 0.1,
-    "gbm": {"learning_rate": 0.05, "max_iter": 400, "max_leaf_nodes": 15, "min_samples_leaf": 40,
+    "gbm": {"learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 15, "min_samples_leaf": 40,
             "l2_regularization": 1.0},
     # row caps (seeded samples, stated in the metrics); none binds at the default simulation size (20k customers)
     "max_train_rows": 100000,       # stacked training rows above this are sampled (metrics train.sampled_rows)
@@ -88,6 +88,8 @@ DEFAULTS: dict[str, Any] = {
     "importance_rows": 10000,       # holdout rows used for permutation importance (metrics explanations)
     "importance_repeats": 3,
     "n_threads": 1,                 # OpenMP/BLAS threads (null = backend.threads); 1 is robust on a shared machine
+    "n_jobs": None,                 # threads predicting large tables in row blocks (null = backend.threads);
+                                    # predictions are row-wise: results do not depend on it
     "top_drivers": 5,
     "pd_rows": 2000,
     "pd_grid": 8,
@@ -171,32 +173,37 @@ def usable_features(X: pd.DataFrame, numeric: list[str], categorical: list[str])
 
 
 def population(features: pd.DataFrame, cutoffs: list[str], require_label: bool = True) -> tuple[pd.DataFrame, list[dict]]:
-    """Rows at ``cutoffs`` that are active (and, if ``require_label``, have an observable label), with an accounting per cutoff."""
-    key = cutoff_key(features["cutoff"])
-    rows, accounting = [], []
+    """Rows at ``cutoffs`` that are active (and, if ``require_label``, have an observable label), with an accounting per cutoff.
+
+    Rows come cutoff by cutoff in the order of ``cutoffs``, each in table order; one row take of the
+    wide table at the end (the masks are computed on single columns)."""
+    key = cutoff_key(features["cutoff"]).to_numpy()
+    active_all = features["active_at_cutoff"].fillna(False).astype(bool).to_numpy()
+    label = features["dissolved_within_horizon"]
+    ok_all = (features["label_observable"].fillna(False).astype(bool) & label.notna()).to_numpy()
+    positions, accounting = [], []
     for c in cutoffs:
-        at = features[key == c]
-        active = at[at["active_at_cutoff"].fillna(False).astype(bool)]
-        entry: dict[str, Any] = {"cutoff": c, "customers": int(len(at)), "active": int(len(active))}
+        at = key == c
+        active = at & active_all
+        entry: dict[str, Any] = {"cutoff": c, "customers": int(at.sum()), "active": int(active.sum())}
         if require_label:
-            ok = active["label_observable"].fillna(False).astype(bool) & active["dissolved_within_horizon"].notna()
-            keep = active[ok]
-            entry["excluded_label_unobservable"] = int((~ok).sum())
-            entry["n"] = int(len(keep))
-            entry["dissolutions"] = int(keep["dissolved_within_horizon"].astype(bool).sum())
-            if len(at) == 0:
+            keep = active & ok_all
+            kept = label[keep]
+            entry["excluded_label_unobservable"] = int((active & ~ok_all).sum())
+            entry["n"] = int(keep.sum())
+            entry["dissolutions"] = int(kept.astype(bool).sum())
+            if entry["customers"] == 0:
                 entry["note"] = "no rows at this cutoff in customer_features (cutoff outside the data?)"
-            elif len(keep) == 0 and len(active) > 0:
+            elif entry["n"] == 0 and entry["active"] > 0:
                 entry["note"] = "horizon runs past the observation end: labels not observable, cutoff not used"
-            elif keep["dissolved_within_horizon"].nunique() == 1:
+            elif kept.nunique() == 1:
                 entry["note"] = "single class at this cutoff (only one outcome observed); kept in the stacked training set"
         else:
             keep = active
-            entry["n"] = int(len(keep))
+            entry["n"] = int(keep.sum())
         accounting.append(entry)
-        rows.append(keep)
-    out = pd.concat(rows) if rows else features.iloc[:0]
-    return out.copy(), accounting
+        positions.append(np.flatnonzero(keep))
+    return features.iloc[np.concatenate(positions) if positions else []], accounting
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -296,7 +303,9 @@ def classification_metrics(y, p, n_bins: int = 10, fraction: float = 0.1) -> dic
 
 # ----------------------------------------------------------------------------- models
 def _signed_log1p(x):
-    return np.sign(x) * np.log1p(np.abs(x))
+    """sign(x) * log(1 + |x|), on the raw array (a DataFrame round trip costs ~4x more)."""
+    a = np.asarray(x, dtype=float)
+    return np.copysign(np.log1p(np.abs(a)), a)
 
 
 def make_logistic(numeric: list[str], categorical: list[str], C: float = 0.1, seed: int = 0):
@@ -317,20 +326,58 @@ def make_logistic(numeric: list[str], categorical: list[str], C: float = 0.1, se
 
 
 def make_gbm(numeric: list[str], categorical: list[str], seed: int = 0, **hgb: Any):
-    """Pipeline: ordinal-encode categoricals (native categorical splits), NaN kept; HistGradientBoostingClassifier."""
+    """Pipeline: ordinal-encode categoricals (native categorical splits), NaN kept;
+    :class:`~journeylab.grouped_boosting.GroupedHistGradientBoostingClassifier` (early stopping on held-out customers when
+    ``fit`` gets ``model__groups``; 20 rounds without improvement of the validation log-loss)."""
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OrdinalEncoder
+
+    from .grouped_boosting import GroupedHistGradientBoostingClassifier
 
     enc = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan,
                          max_categories=60)
     pre = ColumnTransformer([("num", "passthrough", numeric), ("cat", enc, categorical)],
                             verbose_feature_names_out=False)
     mask = [False] * len(numeric) + [True] * len(categorical)
-    model = HistGradientBoostingClassifier(categorical_features=mask if categorical else None,
-                                           random_state=seed, early_stopping=True, n_iter_no_change=20, **hgb)
+    model = GroupedHistGradientBoostingClassifier(categorical_features=mask if categorical else None,
+                                                  random_state=seed, early_stopping=True, n_iter_no_change=20, **hgb)
     return Pipeline([("pre", pre), ("model", model)])
+
+
+def _jobs(s: dict) -> int:
+    return max(1, int(s.get("n_jobs") or s.get("_backend_threads") or 1))
+
+
+def predict_risk(model, X: pd.DataFrame, n_jobs: int = 1, min_rows: int = 20000) -> np.ndarray:
+    """P(dissolution) = ``model.predict_proba(X)[:, 1]``; tables of >= ``min_rows`` rows are split in
+    ``n_jobs`` parts predicted on threads, one OpenMP thread each (tree walks and BLAS release the
+    GIL). Row-wise, so the result does not depend on the split (tested)."""
+    n = len(X)
+    if n_jobs <= 1 or n < max(int(min_rows), 2):
+        return model.predict_proba(X)[:, 1]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    bounds = np.linspace(0, n, int(n_jobs) + 1).astype(int)
+    parts = [X.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def one(part):   # OpenMP's thread count is per calling thread: limit it in each worker
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return model.predict_proba(part)[:, 1]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(len(parts)) as ex:
+        return np.concatenate(list(ex.map(one, parts)))
+
+
+def gbm_trees(model) -> list[dict]:
+    """Trees grown and early-stopping customers held out, per calibration fold of a calibrated GBM."""
+    out = []
+    for cc in getattr(model, "calibrated_classifiers_", []):
+        hgb = cc.estimator[-1]
+        out.append({"trees": int(hgb.n_iter_), "max_iter": int(hgb.max_iter),
+                    "validation_customers": int(getattr(hgb, "validation_customers_", 0))})
+    return out
 
 
 def calibrated(pipeline, groups, method: str = "isotonic", folds: int = 3):
@@ -347,12 +394,14 @@ def fit_models(X: pd.DataFrame, y: np.ndarray, groups, numeric: list[str], categ
     """Fit the calibrated logistic and gradient-boosted pipelines; returns {name: fitted estimator}."""
     models = {"logistic": make_logistic(numeric, categorical, C=s["logistic_C"], seed=s["seed"]),
               "gbm": make_gbm(numeric, categorical, seed=s["seed"], **s["gbm"])}
+    # the GBM's early stopping holds out whole customers too (sliced per calibration fold)
+    fit_params = {"gbm": {"model__groups": np.asarray(groups)}}
     fitted = {}
     for name, pipe in models.items():
         est = calibrated(pipe, groups, method=s["calibration"], folds=s["calibration_folds"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitted[name] = est.fit(X[numeric + categorical], y)
+            fitted[name] = est.fit(X[numeric + categorical], y, **fit_params.get(name, {}))
     return fitted
 
 
@@ -537,7 +586,7 @@ def grouped_permutation_importance(model, X: pd.DataFrame, y, groups: dict[str, 
 
     rng = np.random.default_rng(seed)
     y = np.asarray(y)
-    base = roc_auc_score(y, model.predict_proba(X)[:, 1])
+    base = roc_auc_score(y, predict_risk(model, X))
     rows = []
     for name, cols in groups.items():
         drops = []
@@ -545,7 +594,7 @@ def grouped_permutation_importance(model, X: pd.DataFrame, y, groups: dict[str, 
             perm = rng.permutation(len(X))
             Xp = X.copy()
             Xp[cols] = X[cols].to_numpy()[perm]
-            drops.append(base - roc_auc_score(y, model.predict_proba(Xp)[:, 1]))
+            drops.append(base - roc_auc_score(y, predict_risk(model, Xp)))
         rows.append({"driver": name, "importance": float(np.mean(drops)), "std": float(np.std(drops)),
                      "n_features": len(cols), "features": ",".join(cols)})
     return pd.DataFrame(rows).sort_values("importance", ascending=False).reset_index(drop=True)
@@ -736,6 +785,7 @@ def run_stage(params: dict) -> dict:
 
     s = settings(params)
     threads = s["n_threads"] or config.get(params, "backend.threads", None)
+    s["_backend_threads"] = config.get(params, "backend.threads", None)
     with threadpool_limits(limits=int(threads) if threads else None):
         return _run(params, s)
 
@@ -838,9 +888,10 @@ def _run(params: dict, s: dict) -> dict:
         groups = train["customer_id"].astype(str).to_numpy()
         fitted = fit_models(Xtr, ytr, groups, numeric, categorical, s)
         lap("fit_models")
+        metrics["train"]["gbm_trees_by_fold"] = gbm_trees(fitted["gbm"])
         for name, est in fitted.items():
             if len(evaluate):
-                predictions[name] = est.predict_proba(Xev)[:, 1]
+                predictions[name] = predict_risk(est, Xev, _jobs(s))
                 model_metrics[name] = _null_nan(classification_metrics(yev, predictions[name], s["n_bins"], s["top_fraction"]))
             else:
                 model_metrics[name] = {"roc_auc": None, "roc_auc_note": acc_eval[0].get("note", "no evaluable customers at eval_cutoff")}
@@ -918,14 +969,14 @@ def _run(params: dict, s: dict) -> dict:
     # --- scoring (customer-level; never rendered into HTML)
     frames = []
     if len(evaluate):
-        frames.append(_score_frame(evaluate, "eval", fitted, Xev, base_eval, rules, predictions))
+        frames.append(_score_frame(evaluate, "eval", fitted, Xev, base_eval, rules, predictions, s))
     if score_cutoff:
         score_rows, acc_score = population(features, [score_cutoff], require_label=False)
         metrics["scored"] = acc_score[0]
         if len(score_rows):
             base_score = score_rows[list(BGNBD_COLUMNS.values())].set_axis(list(BGNBD_COLUMNS), axis=1)
             frames.append(_score_frame(score_rows, "score", fitted, prepare_X(score_rows, numeric, categorical),
-                                       base_score, rules))
+                                       base_score, rules, None, s))
         else:
             metrics["scored"]["note"] = f"no active customers at score_cutoff {score_cutoff} in customer_features"
     if frames:
@@ -941,13 +992,14 @@ def _run(params: dict, s: dict) -> dict:
 
 
 def _score_frame(rows: pd.DataFrame, split: str, fitted: dict, X: pd.DataFrame, base: pd.DataFrame, rules: dict,
-                 known: dict | None = None) -> pd.DataFrame:
+                 known: dict | None = None, s: dict | None = None) -> pd.DataFrame:
     """Customer-level scores; ``known`` = predictions already computed on these rows (not predicted again)."""
+    s = s or DEFAULTS
     out = pd.DataFrame({"customer_id": rows["customer_id"].astype(str).to_numpy(),
                         "cutoff": cutoff_key(rows["cutoff"]).to_numpy(), "split": split})
     for name, est in fitted.items():
         p = (known or {}).get(name)
-        out[f"p_dissolve_{name}"] = p if p is not None and len(p) == len(out) else est.predict_proba(X)[:, 1]
+        out[f"p_dissolve_{name}"] = p if p is not None and len(p) == len(out) else predict_risk(est, X, _jobs(s))
     out["p_dissolve_bgnbd"] = base["p_no_purchase_horizon"].to_numpy(float)
     out["p_alive_bgnbd"] = base["p_alive"].to_numpy(float)
     out["expected_purchases_bgnbd"] = base["expected_purchases_horizon"].to_numpy(float)
