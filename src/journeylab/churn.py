@@ -345,10 +345,6 @@ def make_gbm(numeric: list[str], categorical: list[str], seed: int = 0, **hgb: A
     return Pipeline([("pre", pre), ("model", model)])
 
 
-def _jobs(s: dict) -> int:
-    return max(1, int(s.get("n_jobs") or s.get("_backend_threads") or 1))
-
-
 def predict_risk(model, X: pd.DataFrame, n_jobs: int = 1, min_rows: int = 20000) -> np.ndarray:
     """P(dissolution) = ``model.predict_proba(X)[:, 1]``; tables of >= ``min_rows`` rows are split in
     ``n_jobs`` parts predicted on threads, one OpenMP thread each (tree walks and BLAS release the
@@ -785,7 +781,7 @@ def run_stage(params: dict) -> dict:
 
     s = settings(params)
     threads = s["n_threads"] or config.get(params, "backend.threads", None)
-    s["_backend_threads"] = config.get(params, "backend.threads", None)
+    s["n_jobs"] = max(1, int(s["n_jobs"] or config.get(params, "backend.threads", None) or 1))
     with threadpool_limits(limits=int(threads) if threads else None):
         return _run(params, s)
 
@@ -891,7 +887,7 @@ def _run(params: dict, s: dict) -> dict:
         metrics["train"]["gbm_trees_by_fold"] = gbm_trees(fitted["gbm"])
         for name, est in fitted.items():
             if len(evaluate):
-                predictions[name] = predict_risk(est, Xev, _jobs(s))
+                predictions[name] = predict_risk(est, Xev, s["n_jobs"])
                 model_metrics[name] = _null_nan(classification_metrics(yev, predictions[name], s["n_bins"], s["top_fraction"]))
             else:
                 model_metrics[name] = {"roc_auc": None, "roc_auc_note": acc_eval[0].get("note", "no evaluable customers at eval_cutoff")}
@@ -969,14 +965,14 @@ def _run(params: dict, s: dict) -> dict:
     # --- scoring (customer-level; never rendered into HTML)
     frames = []
     if len(evaluate):
-        frames.append(_score_frame(evaluate, "eval", fitted, Xev, base_eval, rules, predictions, s))
+        frames.append(_score_frame(evaluate, "eval", fitted, Xev, base_eval, rules, predictions, s["n_jobs"]))
     if score_cutoff:
         score_rows, acc_score = population(features, [score_cutoff], require_label=False)
         metrics["scored"] = acc_score[0]
         if len(score_rows):
             base_score = score_rows[list(BGNBD_COLUMNS.values())].set_axis(list(BGNBD_COLUMNS), axis=1)
             frames.append(_score_frame(score_rows, "score", fitted, prepare_X(score_rows, numeric, categorical),
-                                       base_score, rules, None, s))
+                                       base_score, rules, None, s["n_jobs"]))
         else:
             metrics["scored"]["note"] = f"no active customers at score_cutoff {score_cutoff} in customer_features"
     if frames:
@@ -992,14 +988,13 @@ def _run(params: dict, s: dict) -> dict:
 
 
 def _score_frame(rows: pd.DataFrame, split: str, fitted: dict, X: pd.DataFrame, base: pd.DataFrame, rules: dict,
-                 known: dict | None = None, s: dict | None = None) -> pd.DataFrame:
+                 known: dict | None = None, n_jobs: int = 1) -> pd.DataFrame:
     """Customer-level scores; ``known`` = predictions already computed on these rows (not predicted again)."""
-    s = s or DEFAULTS
     out = pd.DataFrame({"customer_id": rows["customer_id"].astype(str).to_numpy(),
                         "cutoff": cutoff_key(rows["cutoff"]).to_numpy(), "split": split})
     for name, est in fitted.items():
         p = (known or {}).get(name)
-        out[f"p_dissolve_{name}"] = p if p is not None and len(p) == len(out) else predict_risk(est, X, _jobs(s))
+        out[f"p_dissolve_{name}"] = p if p is not None and len(p) == len(out) else predict_risk(est, X, n_jobs)
     out["p_dissolve_bgnbd"] = base["p_no_purchase_horizon"].to_numpy(float)
     out["p_alive_bgnbd"] = base["p_alive"].to_numpy(float)
     out["expected_purchases_bgnbd"] = base["expected_purchases_horizon"].to_numpy(float)

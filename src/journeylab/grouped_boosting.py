@@ -48,23 +48,20 @@ class GroupedHistGradientBoostingClassifier(HistGradientBoostingClassifier):
         An explicit ``X_val``/``y_val`` (``fit_params``) is used as given instead."""
         y = np.asarray(y)
         enabled = self.early_stopping is True or (self.early_stopping == "auto" and len(y) > 10000)
-        if groups is None or not enabled or fit_params:
-            super().fit(X, y, sample_weight=sample_weight, **fit_params)
-            self.validation_customers_ = 0
-            return self
-        groups = np.asarray(groups)
-        if len(groups) != len(y):
-            raise ValueError(f"groups has {len(groups)} entries for {len(y)} rows")
-        split = GroupShuffleSplit(n_splits=1, test_size=self.validation_fraction, random_state=self.random_state)
-        fit_rows, val_rows = next(split.split(np.zeros(len(y)), y, groups))
-        if len(np.unique(y[fit_rows])) < 2 or len(np.unique(y[val_rows])) < 2:
-            super().fit(X, y, sample_weight=sample_weight)
-            self.validation_customers_ = 0
-            return self
-        sw = None if sample_weight is None else np.asarray(sample_weight)
-        super().fit(_safe_indexing(X, fit_rows), y[fit_rows],
-                    sample_weight=None if sw is None else sw[fit_rows],
-                    X_val=_safe_indexing(X, val_rows), y_val=y[val_rows],
-                    sample_weight_val=None if sw is None else sw[val_rows])
-        self.validation_customers_ = int(len(np.unique(groups[val_rows])))
+        if groups is not None and enabled and not fit_params:
+            groups = np.asarray(groups)
+            if len(groups) != len(y):
+                raise ValueError(f"groups has {len(groups)} entries for {len(y)} rows")
+            split = GroupShuffleSplit(n_splits=1, test_size=self.validation_fraction, random_state=self.random_state)
+            fit_rows, val_rows = next(split.split(np.zeros(len(y)), y, groups))
+            if len(np.unique(y[fit_rows])) >= 2 and len(np.unique(y[val_rows])) >= 2:
+                sw = None if sample_weight is None else np.asarray(sample_weight)
+                super().fit(_safe_indexing(X, fit_rows), y[fit_rows],
+                            sample_weight=None if sw is None else sw[fit_rows],
+                            X_val=_safe_indexing(X, val_rows), y_val=y[val_rows],
+                            sample_weight_val=None if sw is None else sw[val_rows])
+                self.validation_customers_ = int(len(np.unique(groups[val_rows])))
+                return self
+        super().fit(X, y, sample_weight=sample_weight, **fit_params)
+        self.validation_customers_ = 0
         return self
